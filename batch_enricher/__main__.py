@@ -1,0 +1,3 @@
+from batch_enricher.cli import main
+
+main()
