@@ -351,10 +351,7 @@ class Sandbox:
 
 
 async def start(config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> Sandbox:
-    """Start the emulator on host:port (0 picks a free port) and return it running.
-
-    >>> # sandbox = await start(SandboxConfig()); ...; await sandbox.close()
-    """
+    """Start the emulator on host:port (0 picks a free port); `await sandbox.close()` stops it."""
     app = make_app(config)
     # access_log=None: the access log prints request lines, and a GET carries PII in its URL.
     runner = web.AppRunner(app, access_log=None)
