@@ -1,0 +1,502 @@
+"""Streaming output: CSV, TSV and XLSX writers that are formula-safe, atomic and private.
+
+`open_writer` picks the format from the extension and returns a `Writer`. Rows are streamed to a
+temporary file beside the target (created with mode 0600, whatever the umask); `commit` fsyncs
+it and renames it over the target in one step, so a reader never sees a half-written file and an
+earlier output stays intact until then. Leaving a `with` block without `commit` (or with an
+exception) removes the temporary file and leaves the target untouched.
+
+Formats:
+- CSV/TSV: UTF-8 with BOM (Excel detects the encoding), `\\r\\n` line endings (RFC 4180, what
+  Excel writes), every cell as text: None → "", bool → TRUE/FALSE, dates/times → ISO 8601,
+  floats in their shortest round-trip form with integral values (below 2**53) written as ints.
+  With `escape_formulas` a str cell starting with `=`, `+`, `-`, `@`, tab, CR or LF gets a
+  leading `'` (OWASP CSV injection), headers and our own columns included.
+- XLSX: an openpyxl write-only workbook. Every str is a string cell, never a formula or an error
+  value; characters XML cannot hold are dropped; numbers and dates stay typed (except ints too
+  long for Excel's 15 significant digits, written as text so no digit is lost). `text_columns`
+  are text cells with number format "@". Bold header, frozen header row, an auto-filter over
+  the data, column widths from the first rows, coloured status cells and an optional summary
+  sheet with bar charts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import math
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Final, Self, cast
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.cell import Cell as XlCell
+from openpyxl.chart import BarChart, Reference
+from openpyxl.styles import Font, PatternFill
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.worksheet import Worksheet
+
+from batch_enricher.errors import OutputError, UnsupportedFileError
+from batch_enricher.models import Status
+
+Cell = str | int | float | bool | datetime.datetime | datetime.date | datetime.time | None
+
+#: First characters that make a spreadsheet treat a text cell as a formula (OWASP).
+_DANGEROUS: Final = frozenset("=+-@\t\r\n")
+#: The same, at the start of any cell of a row joined with NUL (a false hit only costs speed).
+_DANGEROUS_START: Final = re.compile("\x00[=+\\-@\t\r\n]")
+
+#: Light fills with Excel's matching dark text colours ("Good", "Neutral", "Bad" styles).
+_GREEN: Final = ("C6EFCE", "006100")
+_AMBER: Final = ("FFEB9C", "9C5700")
+_RED: Final = ("FFC7CE", "9C0006")
+_STATUS_COLOURS: Final[dict[str, tuple[str, str]]] = {
+    Status.OK.value: _GREEN,
+    Status.INVALID.value: _AMBER,
+    Status.REJECTED.value: _AMBER,
+    Status.FAILED.value: _RED,
+    Status.SKIPPED.value: _RED,
+}
+
+#: Rows (header included) buffered to estimate column widths before the first row is written.
+_WIDTH_SAMPLE_ROWS: Final = 200
+_MIN_WIDTH: Final = 8
+_MAX_WIDTH: Final = 60
+#: Excel keeps 15 significant digits; longer ints are written as text so none is lost.
+_MAX_EXACT_INT: Final = 10**15
+#: Floats below this are exact integers when integral, so "1.0" can be written "1".
+_MAX_EXACT_FLOAT: Final = 2.0**53
+#: Rows of chart data per chart slot on the summary sheet (a default chart is ~15 rows high).
+_CHART_ROWS: Final = 16
+
+_EXCEL_MAX_STR: Final = 32767
+
+_DELIMITERS: Final = {".csv": ",", ".tsv": "\t"}
+
+
+@dataclass
+class SummarySheet:
+    """The run summary as an XLSX sheet: a two-column table and one bar chart per band count."""
+
+    title: str
+    rows: list[tuple[str, object]] = field(default_factory=list)
+    charts: list[tuple[str, list[tuple[str, int]]]] = field(default_factory=list)
+
+
+def open_writer(
+    path: Path,
+    headers: Sequence[str],
+    *,
+    text_columns: Collection[int] = (),
+    status_column: int | None = None,
+    escape_formulas: bool = True,
+    sheet_title: str = "Sheet1",
+) -> Writer:
+    """Open a streaming writer for `path` (.csv, .tsv or .xlsx) and write the header row.
+
+    >>> with open_writer(Path("out.csv"), ["name"]) as w:  # doctest: +SKIP
+    ...     w.write_row(["=1+1"])
+    ...     w.commit()
+    """
+    suffix = path.suffix.lower()
+    if suffix not in _DELIMITERS and suffix != ".xlsx":
+        raise UnsupportedFileError(
+            f"cannot write {path.name!r}: output must end in .csv, .tsv or .xlsx"
+        )
+    fd, temp = _create_temp(path)
+    try:
+        writer: Writer
+        if suffix == ".xlsx":
+            os.close(fd)  # openpyxl reopens the file itself at commit
+            writer = _XlsxWriter(
+                path,
+                Path(temp),
+                headers,
+                text_columns=frozenset(text_columns),
+                status_column=status_column,
+                sheet_title=sheet_title,
+            )
+        else:
+            stream = open(fd, "w", encoding="utf-8-sig", newline="", buffering=1 << 20)  # noqa: SIM115
+            writer = _CsvWriter(path, Path(temp), stream, _DELIMITERS[suffix], escape_formulas)
+        writer.write_row(headers)
+    except BaseException:
+        _remove_quietly(Path(temp))
+        raise
+    return writer
+
+
+class Writer:
+    """A streaming output file: `write_row` as often as needed, then `commit` or `abort`."""
+
+    def __init__(self, target: Path, temp: Path) -> None:
+        self.path = target
+        self._temp = temp
+        self._closed = False
+
+    def write_row(self, cells: Sequence[Cell]) -> None:
+        """Write one output row."""
+        raise NotImplementedError
+
+    def commit(self, summary: SummarySheet | None = None) -> None:
+        """Finish the file and move it into place atomically (`summary` is used for XLSX only)."""
+        self._check_open()
+        try:
+            self._finish(summary)
+            os.replace(self._temp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop everything written so far; the target is left as it was."""
+        if self._closed:
+            return
+        self._closed = True
+        self._discard()
+        _remove_quietly(self._temp)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()  # a no-op after commit
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OutputError(f"output {self.path.name!r} is already committed or aborted")
+
+    def _finish(self, summary: SummarySheet | None) -> None:
+        """Write everything still pending to the temp file and fsync it."""
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        """Release open handles without finishing the file."""
+        raise NotImplementedError
+
+
+class _CsvWriter(Writer):
+    """CSV or TSV through the stdlib csv module, one list comprehension per row."""
+
+    def __init__(
+        self, target: Path, temp: Path, stream: IO[str], delimiter: str, escape: bool
+    ) -> None:
+        super().__init__(target, temp)
+        self._stream = stream
+        self._csv = csv.writer(stream, delimiter=delimiter, lineterminator="\r\n")
+        self._escape = escape
+
+    def write_row(self, cells: Sequence[Cell]) -> None:
+        """Write one output row as text cells."""
+        if self._closed:
+            self._check_open()
+        row: Sequence[object] = cells
+        # Fast path, all in C: a row of plain text with no cell starting with a dangerous
+        # character goes to the csv module as is (join raises TypeError on any non-str cell).
+        try:
+            joined = "\x00".join(("", *cells))  # type: ignore[arg-type]
+            needs_work = _DANGEROUS_START.search(joined) is not None
+        except TypeError:
+            needs_work = True
+        if needs_work:
+            if self._escape:
+                row = [
+                    ("'" + c if c[:1] in _DANGEROUS else c) if type(c) is str else _escaped_text(c)
+                    for c in cells
+                ]
+            else:
+                row = [c if type(c) is str else _text(c) for c in cells]
+        try:
+            self._csv.writerow(row)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def _finish(self, summary: SummarySheet | None) -> None:
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+
+    def _discard(self) -> None:
+        # The file is being thrown away: a failed flush changes nothing.
+        with contextlib.suppress(OSError):
+            self._stream.close()
+
+
+class _XlsxWriter(Writer):
+    """An openpyxl write-only workbook; the first rows are held back to size the columns."""
+
+    def __init__(
+        self,
+        target: Path,
+        temp: Path,
+        headers: Sequence[str],
+        *,
+        text_columns: frozenset[int],
+        status_column: int | None,
+        sheet_title: str,
+    ) -> None:
+        super().__init__(target, temp)
+        self._wb = Workbook(write_only=True)
+        self._ws = _sheet(self._wb, sheet_title)
+        self._ncols = len(headers)
+        self._text_columns = text_columns
+        self._status_column = status_column
+        self._pending: list[list[Cell]] | None = []  # None once the sample has been flushed
+        self._rows = 0
+        self._bold = Font(bold=True)
+        self._status_styles = {
+            status: (PatternFill("solid", fgColor=fill), Font(color=font))
+            for status, (fill, font) in _STATUS_COLOURS.items()
+        }
+
+    def write_row(self, cells: Sequence[Cell]) -> None:
+        """Write one output row with typed cells."""
+        self._check_open()
+        self._rows += 1
+        self._ncols = max(self._ncols, len(cells))
+        if self._pending is not None:
+            self._pending.append(list(cells))
+            if len(self._pending) >= _WIDTH_SAMPLE_ROWS:
+                self._flush_sample()
+            return
+        self._append(cells, header=False)
+
+    def _flush_sample(self) -> None:
+        """Size the columns and freeze the header (both must precede the first row), then write."""
+        pending, self._pending = self._pending or [], None
+        ws = self._ws
+        for index, width in enumerate(_column_widths(pending, self._ncols), 1):
+            ws.column_dimensions[get_column_letter(index)].width = width
+        ws.freeze_panes = "A2"
+        for number, row in enumerate(pending):
+            self._append(row, header=number == 0)
+
+    def _append(self, cells: Sequence[Cell], *, header: bool) -> None:
+        out: list[object] = []
+        for index, value in enumerate(cells):
+            if header:
+                out.append(self._styled(_xlsx_text(value), font=self._bold))
+            elif index in self._text_columns:
+                out.append(self._styled(_xlsx_text(value), number_format="@"))
+            elif index == self._status_column and isinstance(value, str):
+                fill, font = self._status_styles.get(str(value), (None, None))
+                out.append(self._styled(_xlsx_text(value), fill=fill, font=font))
+            else:
+                out.append(self._typed(value))
+        try:
+            self._ws.append(out)
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def _typed(self, value: Cell) -> object:
+        """A plain value openpyxl may write as is, or a cell forced to the type we mean."""
+        if isinstance(value, str):
+            text = _xml_safe(str(value))
+            # openpyxl would store these as a formula or an error value: force a string cell.
+            if text[:1] == "=" or text in ERROR_CODES:
+                return self._styled(text)
+            return text
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            return value if -_MAX_EXACT_INT < value < _MAX_EXACT_INT else str(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else repr(value)
+        if isinstance(value, datetime.datetime | datetime.time) and value.tzinfo is not None:
+            return value.isoformat()  # Excel has no time zones; keep the offset as text
+        return value
+
+    def _styled(
+        self,
+        text: str | None,
+        *,
+        font: Font | None = None,
+        fill: PatternFill | None = None,
+        number_format: str | None = None,
+    ) -> XlCell:
+        cell = WriteOnlyCell(self._ws, value=text)
+        if text is not None:
+            cell.data_type = "s"  # never a formula, whatever the text starts with
+        if font is not None:
+            cell.font = font
+        if fill is not None:
+            cell.fill = fill
+        if number_format is not None:
+            cell.number_format = number_format
+        return cell
+
+    def _finish(self, summary: SummarySheet | None) -> None:
+        if self._pending is not None:
+            self._flush_sample()
+        # The filter is written after the rows, so the final row count can still go in here.
+        last = get_column_letter(max(self._ncols, 1))
+        self._ws.auto_filter.ref = f"A1:{last}{max(self._rows, 1)}"
+        if summary is not None:
+            self._add_summary(summary)
+        with open(self._temp, "wb") as stream:
+            self._wb.save(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def _add_summary(self, summary: SummarySheet) -> None:
+        ws = _sheet(self._wb, _xml_safe(summary.title)[:31] or "Summary")
+        labels = [summary.title, *(label for label, _ in summary.rows)]
+        labels += [t for t, bands in summary.charts for t in (t, *(b for b, _ in bands))]
+        ws.column_dimensions["A"].width = min(
+            _MAX_WIDTH, max(_MIN_WIDTH, *(_display_width(x) + 2 for x in labels))
+        )
+        ws.column_dimensions["B"].width = 14
+        ws.append([self._styled(_xlsx_text(summary.title), font=self._bold)])
+        row = 1
+        for label, value in summary.rows:
+            ws.append([self._styled(_xlsx_text(label)), self._typed(_as_cell(value))])
+            row += 1
+        # Chart data goes below the table in A:B; the charts sit to the right, one per slot.
+        for number, (title, bands) in enumerate(summary.charts):
+            ws.append([])
+            ws.append([self._styled(_xlsx_text(title), font=self._bold)])
+            first = row + 3
+            for band_label, count in bands:
+                ws.append([self._styled(_xlsx_text(band_label)), count])
+            row += 2 + len(bands)
+            chart = BarChart()
+            chart.title = title
+            chart.legend = None
+            # openpyxl 3.1 marks axes deleted by default, which hides the band labels in Excel.
+            chart.x_axis.delete = False
+            chart.y_axis.delete = False
+            chart.add_data(Reference(ws, min_col=2, min_row=first, max_row=max(row, first)))
+            chart.set_categories(Reference(ws, min_col=1, min_row=first, max_row=max(row, first)))
+            ws.add_chart(chart, f"D{1 + number * _CHART_ROWS}")
+
+    def _discard(self) -> None:
+        # openpyxl streams the sheet to its own temp file (mode 0600, holds personal data):
+        # remove it now rather than at interpreter exit.
+        writer = getattr(self._ws, "_writer", None)
+        if writer is None:
+            return
+        try:
+            writer.close()
+            writer.cleanup()
+        except (OSError, ValueError):
+            pass
+
+
+def _sheet(workbook: Workbook, title: str) -> Worksheet:
+    # A write-only sheet has column_dimensions, auto_filter, freeze_panes and add_chart at run
+    # time (openpyxl copies them from Worksheet); the type stubs omit them, hence the cast.
+    return cast(Worksheet, workbook.create_sheet(title))
+
+
+def _text(value: Cell) -> str:
+    """A non-str cell as CSV text (str subclasses such as `Status` pass through as str)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < _MAX_EXACT_FLOAT:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return value.isoformat()
+
+
+def _escaped_text(value: Cell) -> str:
+    text = _text(value)
+    return "'" + text if isinstance(value, str) and text[:1] in _DANGEROUS else text
+
+
+def _xlsx_text(value: Cell) -> str | None:
+    """A cell as XLSX string content: CSV text with characters XML cannot hold removed."""
+    return None if value is None else _xml_safe(_text(value))
+
+
+def _xml_safe(text: str) -> str:
+    # Control characters are invalid in XML: openpyxl refuses them, so drop them, not the row.
+    if ILLEGAL_CHARACTERS_RE.search(text):
+        text = ILLEGAL_CHARACTERS_RE.sub("", text)
+    return text[:_EXCEL_MAX_STR]
+
+
+def _as_cell(value: object) -> Cell:
+    if value is None or isinstance(
+        value, str | int | float | datetime.datetime | datetime.date | datetime.time
+    ):
+        return value
+    return str(value)
+
+
+def _display_width(text: str) -> int:
+    """Columns a text takes on screen: wide (CJK) characters count double; longest line wins."""
+    return max(
+        sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+        for line in text.splitlines() or [""]
+    )
+
+
+def _column_widths(rows: Sequence[Sequence[Cell]], ncols: int) -> list[float]:
+    widths = [_MIN_WIDTH] * ncols
+    for row in rows:
+        for index, value in enumerate(row):
+            if value is not None:
+                widths[index] = max(widths[index], _display_width(_text(value)) + 2)
+    return [min(width, _MAX_WIDTH) for width in widths]
+
+
+def _create_temp(target: Path) -> tuple[int, str]:
+    """A 0600 temp file beside `target`, so the final rename stays on one file system."""
+    directory = target.parent
+    if not directory.is_dir():
+        raise OutputError(f"output directory does not exist: {directory}")
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write to output directory {directory}: {exc.strerror or exc}"
+        ) from exc
+    os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit, whatever the umask
+    return fd, name
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; some file systems refuse, which costs only durability.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
