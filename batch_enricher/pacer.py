@@ -1,0 +1,174 @@
+"""The shared request pacer: evenly spaced send slots, never a burst, slower on 10011.
+
+Every request of a run (all inputs, all workers, retries included) takes a slot here first.
+The contract with `--qps R`: never more than R requests in any one-second window, from the
+very first request, evenly spaced at 1/R.
+
+Why not a leaky or token bucket (e.g. aiolimiter): a bucket starts full, so the first R
+requests go out at once, and a server that counts per second sees them land in the same
+window as the next ones. Here there is no stored credit at all: each slot is measured from
+the previous slot's *actual* grant time, so a late wake-up never lets two requests go back
+to back. A sliding window over the last grants is a second, independent guard on the cap.
+
+The rate adapts (AIMD, as in TCP): the server's 10011 ("too fast") halves it, at most once
+per window, because the 10011s of requests already in flight describe the same moment;
+it then recovers additively, `recovery` qps per second, back up to the maximum. So a server
+whose real limit is below `--qps` still completes, at close to its limit.
+
+Safety margin: the server counts arrivals, and network jitter can bunch them. Slots are
+spaced `1.001 / rate` apart, so we sustain 99.9% of the rate and two slots never sit
+exactly on a window edge; a larger fixed margin would cost throughput on every run for a
+risk that the adaptive slow-down already handles when it materialises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Final
+
+__all__ = ["Pacer"]
+
+#: Slot spacing is this many times 1/rate (see the module docstring).
+SPACING_MARGIN: Final = 1.001
+#: Multiplicative decrease on 10011.
+DECREASE: Final = 0.5
+#: Defaults relative to the maximum rate, and their floors.
+_MIN_RATE_DIVISOR: Final = 50.0
+_RECOVERY_DIVISOR: Final = 20.0
+_RATE_FLOOR: Final = 0.1
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _positive(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+class Pacer:
+    """Grant send slots at most `rate` per second, evenly spaced, adapting down on 10011.
+
+    >>> async def send_all(pacer: Pacer, n: int) -> None:
+    ...     for _ in range(n):
+    ...         await pacer.acquire()  # then send one request
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        min_rate: float | None = None,
+        recovery: float | None = None,
+        window: float = 1.0,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._window = _positive("window", window)
+        self._min_rate_given = None if min_rate is None else _positive("min_rate", min_rate)
+        self._recovery_given = None if recovery is None else _positive("recovery", recovery)
+        # The loop is looked up per call: a Pacer may be built before the loop runs.
+        self._clock = clock or _loop_time
+        self._sleep = sleep or asyncio.sleep
+        # asyncio.Lock wakes waiters in arrival order: that is what makes acquire() FIFO.
+        self._lock = asyncio.Lock()
+        self._last_grant: float | None = None
+        self._last_slow_down = -math.inf
+        self._recovered_at: float | None = None  # last time recovery was applied
+        self._grants: deque[float] = deque()
+        self._max_rate = 0.0
+        self._rate = 0.0
+        self.set_max_rate(rate)
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> float:
+        """The current rate (requests per second), after any slow-down and recovery so far."""
+        return self._rate
+
+    @property
+    def max_rate(self) -> float:
+        """The ceiling: `--qps`."""
+        return self._max_rate
+
+    @property
+    def min_rate(self) -> float:
+        """The floor that slow-downs never go below."""
+        return self._min_rate
+
+    def set_max_rate(self, rate: float) -> None:
+        """Change the ceiling; the current rate is clamped to it (and starts there if new)."""
+        self._max_rate = _positive("rate", rate)
+        given = self._min_rate_given
+        floor = max(_RATE_FLOOR, rate / _MIN_RATE_DIVISOR) if given is None else given
+        self._min_rate = min(floor, rate)
+        given = self._recovery_given
+        self._recovery = max(_RATE_FLOOR, rate / _RECOVERY_DIVISOR) if given is None else given
+        self._rate = rate if self._rate == 0.0 else min(max(self._rate, self._min_rate), rate)
+        # At most floor(max_rate) grants in any window (a 2.5 qps cap allows 2 in one
+        # second, not 3); a fractional rate below 1 still needs one slot to exist.
+        self._grants = deque(self._grants, maxlen=max(1, math.floor(rate)))
+
+    async def acquire(self) -> None:
+        """Wait for the next send slot; waiters are served first come, first served."""
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._recover(now)
+                ready = self._next_slot()
+                if now >= ready:
+                    break
+                # Sleep, then look again: slow_down() may have moved the slot meanwhile.
+                # Cancelled here, nothing was recorded, so the slot stays free for the next.
+                await self._sleep(ready - now)
+            self._last_grant = now
+            self._grants.append(now)
+
+    def slow_down(self) -> None:
+        """On 10011: halve the rate (not below `min_rate`), at most once per window."""
+        now = self._clock()
+        if now - self._last_slow_down < self._window:
+            return
+        self._recover(now)
+        self._last_slow_down = now
+        self._rate = max(self._min_rate, self._rate * DECREASE)
+        self._recovered_at = now
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _next_slot(self) -> float:
+        """The earliest time the next grant may happen."""
+        if self._last_grant is None:
+            return -math.inf
+        ready = self._last_grant + SPACING_MARGIN / self._rate
+        if len(self._grants) == self._grants.maxlen:
+            # The oldest remembered grant must have left the window before another enters.
+            ready = max(ready, self._grants[0] + self._window)
+        return ready
+
+    def _recover(self, now: float) -> None:
+        """Additive increase, applied lazily: `recovery` qps per second since the last look."""
+        if self._recovered_at is None or self._rate >= self._max_rate:
+            self._recovered_at = now
+            return
+        elapsed = max(0.0, now - self._recovered_at)
+        self._rate = min(self._max_rate, self._rate + self._recovery * elapsed)
+        self._recovered_at = now
