@@ -40,7 +40,7 @@ class Invalid:
     `reason` never contains the full value that was rejected (masked forms only).
     """
 
-    error_code: int  # 281501 ID, 281502 name, 281503 mobile
+    error_code: int | None  # 281501 ID, 281502 name, 281503 mobile; None: not a field problem
     reason: str
 
 

@@ -1,0 +1,129 @@
+"""What may still be sent: stop signals, account aborts, the quota breaker and the billing budget.
+
+One `RunControl` is shared by every worker of a run. Each attempt asks it, right before sending,
+whether it may go; anything that may not raises `NotSent`, and the row ends `skipped`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from enum import StrEnum
+
+
+class NotSent(Exception):  # noqa: N818 - a control-flow signal, not an error the user sees
+    """The attempt was not sent (budget, breaker, abort, signal): the row is `skipped`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Quota(StrEnum):
+    CLOSED = "closed"  # sending normally
+    PROBING = "probing"  # a 10012 was seen: one call probes with backoff, the others wait
+    OPEN = "open"  # the probe gave up: nothing more is sent this run
+
+
+class RunControl:
+    """Shared run state that decides whether one more request may be sent."""
+
+    def __init__(self, *, max_billed: int | None = None) -> None:
+        self.max_billed = max_billed
+        self.billed = 0
+        self.stop_reason: str | None = None
+        self.abort_code: int | None = None
+        self._in_flight = 0
+        self._stopped = asyncio.Event()
+        self._changed = asyncio.Event()  # set whenever a reservation is released
+        self._quota = _Quota.CLOSED
+        self._quota_probe: asyncio.Task[object] | None = None
+        self._quota_clear = asyncio.Event()
+        self._quota_clear.set()
+
+    @property
+    def stopped(self) -> bool:
+        """True once nothing new may be sent."""
+        return self._stopped.is_set()
+
+    def stop(self, reason: str) -> None:
+        """Stop sending (signal, budget, breaker); the first reason given is the one reported."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopped.set()
+        self._quota_clear.set()  # wake anyone waiting on the quota probe so they see the stop
+        self._changed.set()  # and anyone waiting for budget
+
+    def abort(self, code: int, reason: str) -> None:
+        """An account-level code: stop at once and remember the code for the exit status."""
+        if self.abort_code is None:
+            self.abort_code = code
+        self.stop(reason)
+
+    async def sleep(self, delay: float) -> None:
+        """Back off for `delay` seconds, waking early if the run stops (for tenacity's `sleep`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+
+    async def admit(self) -> None:
+        """Wait until this task may send one request, or raise `NotSent`."""
+        me = asyncio.current_task()
+        while self._quota is _Quota.PROBING and self._quota_probe is not me:
+            await self._quota_clear.wait()
+        self.check()
+
+    def check(self) -> None:
+        """Raise `NotSent` if the run has stopped."""
+        if self.stop_reason is not None:
+            raise NotSent(self.stop_reason)
+
+    # -- budget: --max-billed is a ceiling on what the server bills, in-flight calls included
+
+    async def reserve(self) -> None:
+        """Hold one unit of budget for a request about to be sent, or raise `NotSent`."""
+        if self.max_billed is not None:
+            # Calls in flight may still come back unbilled: wait for them before declaring the
+            # budget spent, so the run uses every unit it was given and never one more.
+            while self.billed + self._in_flight >= self.max_billed and self._in_flight > 0:
+                self._changed.clear()
+                await self._changed.wait()
+                self.check()
+            if self.billed >= self.max_billed:
+                self.stop(f"budget reached: {self.max_billed} billed call(s) (--max-billed)")
+        self.check()
+        self._in_flight += 1
+
+    def settle(self, *, billed: bool) -> None:
+        """Release a reservation once its reply (or failure) is known; safe on cancellation."""
+        self._in_flight -= 1
+        if billed:
+            self.billed += 1
+        self._changed.set()
+
+    # -- quota breaker (10012)
+
+    def quota_hit(self) -> None:
+        """A 10012 came back: the first caller to see it probes; everyone else waits."""
+        if self._quota is _Quota.CLOSED:
+            self._quota = _Quota.PROBING
+            self._quota_probe = asyncio.current_task()
+            self._quota_clear.clear()
+
+    def quota_ok(self) -> None:
+        """The probe got a reply other than 10012: the quota is back, resume sending."""
+        if self._quota is _Quota.PROBING and self._quota_probe is asyncio.current_task():
+            self._release_probe(_Quota.CLOSED)
+
+    def quota_gave_up(self, *, still_quota: bool) -> None:
+        """The probe's retries are spent: open the breaker if it was still 10012."""
+        if self._quota is _Quota.PROBING and self._quota_probe is asyncio.current_task():
+            if still_quota:
+                self._release_probe(_Quota.OPEN)
+                self.stop("quota breaker open: 10012 请求超过次数限制 persisted after retries")
+            else:
+                self._release_probe(_Quota.CLOSED)
+
+    def _release_probe(self, state: _Quota) -> None:
+        self._quota = state
+        self._quota_probe = None
+        self._quota_clear.set()
