@@ -1,0 +1,25 @@
+# One command runs what CI runs: `make check` (install dev deps, lint, types, tests).
+PYTHON ?= python3
+
+.PHONY: check install lint types test bench demo
+
+check: install lint types test
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+lint:
+	$(PYTHON) -m ruff check batch_enricher tests bench
+	$(PYTHON) -m ruff format --check batch_enricher tests bench
+
+types:
+	$(PYTHON) -m mypy
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) bench/run.py
+
+demo:
+	$(PYTHON) -m pip install --quiet . && batch-enricher enrich sample_data/customers.xlsx --sandbox -o out.xlsx

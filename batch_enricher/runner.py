@@ -1,0 +1,549 @@
+"""The enrich job: plan every row, call the API once per new person, write every row's result.
+
+Three phases, each streaming over the inputs:
+
+1. plan: read every row, validate it, dedupe people across all inputs and look them up in the
+   journal; what remains is the list of calls to make (the only thing held in memory besides
+   one key per distinct person).
+2. dispatch: `concurrency` workers take people from that list, pace and guard each request, and
+   commit each final answer to the journal the moment it arrives.
+3. write: a second pass over each input joins every row with its answer from the journal and
+   writes the output atomically.
+
+A crash at any point loses at most the calls in flight: everything answered is in the journal,
+and rerunning the same command continues from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+
+from batch_enricher import bands as bands_mod
+from batch_enricher.client import (
+    DEFAULT_ENDPOINT,
+    USER_AGENT,
+    CallStats,
+    Caller,
+    JuheClient,
+    RetryPolicy,
+)
+from batch_enricher.codes import reason_of
+from batch_enricher.columns import RESULT_COLUMNS, ColumnMap, existing_result_columns, find_columns
+from batch_enricher.errors import (
+    AccountError,
+    ConfigError,
+    InputError,
+    OutputError,
+    TransientApiError,
+)
+from batch_enricher.guards import NotSent, RunControl
+from batch_enricher.journal import Journal
+from batch_enricher.models import Answer, Invalid, Outcome, Person, Status
+from batch_enricher.pacer import Pacer
+from batch_enricher.progress import NullProgress, Progress
+from batch_enricher.reader import Cell, Source, open_source
+from batch_enricher.summary import FileSummary, RunSummary
+from batch_enricher.validate import check
+from batch_enricher.writer import SummarySheet, open_writer
+
+log = logging.getLogger("batch_enricher")
+
+_LOOKUP_BATCH: Final = 500  # keys per journal look-up while planning and writing
+_KEY_CACHE: Final = 1 << 16  # memoised identity keys (HMAC is cheap, but not free at 1M rows)
+
+
+@dataclass
+class EnrichOptions:
+    """Everything one enrich run needs; the CLI fills it from flags, env and config."""
+
+    inputs: Sequence[Path]
+    output: Path | None = None  # only with a single input
+    output_dir: Path | None = None
+    key: str | None = None
+    endpoint: str = DEFAULT_ENDPOINT
+    qps: float = 10.0
+    concurrency: int = 8
+    timeout: float = 15.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    state: Path | None = None  # the journal; None: the default under the user's state folder
+    max_age: float | None = 30 * 86400.0  # seconds; 0: ask again; None: reuse whatever is there
+    max_billed: int | None = None
+    sandbox: bool = False
+    dry_run: bool = False
+    headers: str = "en"
+    escape_formulas: bool = True
+    insecure: bool = False
+    name_col: str | None = None
+    idcard_col: str | None = None
+    mobile_col: str | None = None
+    sheet: str | int | None = None
+    encoding: str | None = None
+    lock_timeout: float = 5.0
+    band_tables: dict[str, bands_mod.Table] = field(
+        default_factory=lambda: dict(bands_mod.DEFAULT_TABLES)
+    )
+    handle_signals: bool = True
+
+
+@dataclass
+class _Input:
+    source: Source
+    columns: ColumnMap
+    output: Path
+    keep: list[int]  # indexes of the input columns that go to the output (old result columns dropped)
+    summary: FileSummary
+
+
+@dataclass
+class _Plan:
+    """What the planning pass found: people to call, and how many rows each stands for."""
+
+    to_call: list[tuple[bytes, Person]] = field(default_factory=list)
+    rows_of: dict[bytes, int] = field(default_factory=dict)  # key → rows, for people to call
+    resolved_rows: int = 0  # rows already final after planning (invalid, reused)
+    total_rows: int = 0
+
+
+def default_output(path: Path, output_dir: Path | None) -> Path:
+    """`<stem>.enriched.<ext>` beside the input (or in `output_dir`); `.xls` becomes `.xlsx`.
+
+    >>> default_output(Path("in/customers.csv"), None)
+    PosixPath('in/customers.enriched.csv')
+    """
+    suffix = path.suffix.lower()
+    ext = {".xls": ".xlsx", ".txt": ".csv"}.get(suffix, suffix)
+    folder = output_dir if output_dir is not None else path.parent
+    return folder / f"{path.stem}.enriched{ext}"
+
+
+def resolve_outputs(options: EnrichOptions) -> list[Path]:
+    """One output path per input, checked to never overwrite an input or each other."""
+    if options.output is not None and len(options.inputs) > 1:
+        raise ConfigError("-o/--output takes a single input; with several, use --output-dir")
+    if options.output is not None:
+        outputs = [options.output]
+    else:
+        outputs = [default_output(p, options.output_dir) for p in options.inputs]
+    inputs = {_same_file_key(p) for p in options.inputs}
+    seen: set[Path] = set()
+    for out in outputs:
+        resolved = out.resolve()
+        if _same_file_key(out) in inputs:
+            raise OutputError(f"the output {out} is an input file; choose another -o")
+        if resolved in seen:
+            raise OutputError(
+                f"two inputs would both be written to {out}; rename one or use separate runs"
+            )
+        seen.add(resolved)
+    return outputs
+
+
+def _same_file_key(path: Path) -> Path:
+    return path.resolve()
+
+
+def _open_inputs(options: EnrichOptions, outputs: list[Path]) -> list[_Input]:
+    opened: list[_Input] = []
+    for path, output in zip(options.inputs, outputs, strict=True):
+        source = open_source(path, sheet=options.sheet, encoding=options.encoding)
+        columns = find_columns(
+            source.headers,
+            realname=options.name_col,
+            idcard=options.idcard_col,
+            mobile=options.mobile_col,
+        )
+        old = set(existing_result_columns(source.headers))
+        keep = [i for i in range(len(source.headers)) if i not in old]
+        opened.append(_Input(source, columns, output, keep, FileSummary(path, output)))
+    return opened
+
+
+class _Rows:
+    """Validates rows and maps people to journal keys, memoising both (rows repeat a lot)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self._keys: dict[Person, bytes] = {}
+
+    def key(self, person: Person) -> bytes:
+        key = self._keys.get(person)
+        if key is None:
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            key = self._keys[person] = self._journal.key(person)
+        return key
+
+    @staticmethod
+    def check(row: Sequence[Cell], columns: ColumnMap, width: int) -> Person | Invalid:
+        """Validate one row; ragged rows get a reason instead of a guess."""
+        if len(row) > width and any(c not in (None, "") for c in row[width:]):
+            return Invalid(
+                None,
+                f"row has {len(row)} cells but the header has {width}; check the file's quoting",
+            )
+
+        def cell(i: int) -> Cell:
+            return row[i] if i < len(row) else None
+
+        return check(cell(columns.realname), cell(columns.idcard), cell(columns.mobile))
+
+
+def _plan(inputs: list[_Input], rows: _Rows, journal: Journal, cutoff: float | None,
+          summary: RunSummary, progress: Progress) -> _Plan:
+    plan = _Plan()
+    seen: set[bytes] = set()
+    pending: list[tuple[bytes, Person]] = []
+
+    def flush() -> None:
+        found = journal.get_many((k for k, _ in pending), newer_than=cutoff)
+        for key, person in pending:
+            if key in found:
+                summary.reused += 1
+                plan.resolved_rows += plan.rows_of.pop(key)
+            else:
+                plan.to_call.append((key, person))
+        pending.clear()
+
+    for item in inputs:
+        width = len(item.source.headers)
+        for row in item.source.rows():
+            plan.total_rows += 1
+            result = rows.check(row, item.columns, width)
+            if isinstance(result, Invalid):
+                plan.resolved_rows += 1
+                continue
+            key = rows.key(result)
+            if key in seen:
+                summary.duplicates += 1
+                if key in plan.rows_of:
+                    plan.rows_of[key] += 1
+                else:  # its first row was already answered from the journal
+                    plan.resolved_rows += 1
+                continue
+            seen.add(key)
+            plan.rows_of[key] = 1
+            pending.append((key, result))
+            if len(pending) >= _LOOKUP_BATCH:
+                flush()
+            if plan.total_rows % 50_000 == 0:
+                progress.note(f"planning: {plan.total_rows:,} rows read")
+    flush()
+    summary.identities = len(seen)
+    summary.to_call = len(plan.to_call)
+    return plan
+
+
+async def _dispatch(options: EnrichOptions, plan: _Plan, journal: Journal, summary: RunSummary,
+                    control: RunControl, progress: Progress) -> dict[bytes, Outcome]:
+    """Call the API for every planned person; returns the non-final outcomes (failed)."""
+    outcomes: dict[bytes, Outcome] = {}
+    stats = CallStats()
+    endpoint, key = options.endpoint, options.key
+    sandbox = None
+    if options.sandbox:
+        from batch_enricher.sandbox import SandboxConfig, start
+
+        sandbox = await start(SandboxConfig())
+        endpoint, key = sandbox.url, "sandbox"
+    if not key:
+        raise ConfigError("no API key")
+    ssl_context: ssl.SSLContext | bool = True
+    if options.insecure:
+        ssl_context = False
+    connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=ssl_context)
+    pacer = Pacer(options.qps)
+    started = time.monotonic()
+    try:
+        async with aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": USER_AGENT}
+        ) as session:
+            client = JuheClient(session, endpoint, key, timeout=options.timeout)
+            caller = Caller(client, pacer, control, options.retry, stats)
+            todo: Iterator[tuple[bytes, Person]] = iter(plan.to_call)
+
+            async def worker() -> None:
+                for key_, person in todo:
+                    if control.stopped:
+                        return
+                    try:
+                        answer = await caller.call(person)
+                    except (NotSent, AccountError):
+                        continue  # skipped: the loop ends at the next `stopped` check
+                    except TransientApiError as exc:
+                        outcomes[key_] = Outcome(Status.FAILED, exc.error_code, _failed(exc))
+                        progress.advance(plan.rows_of[key_], Status.FAILED, billed=False)
+                        continue
+                    journal.put(key_, answer)
+                    progress.advance(
+                        plan.rows_of[key_], answer.status, billed=answer.status is Status.OK
+                    )
+
+            with _signals(control, progress, enabled=options.handle_signals):
+                workers = max(1, min(options.concurrency, len(plan.to_call)))
+                await asyncio.gather(*(worker() for _ in range(workers)))
+    finally:
+        if sandbox is not None:
+            await sandbox.close()
+        summary.api_calls += stats.api_calls
+        summary.billed += stats.billed
+        summary.retries += stats.retries
+        summary.rate_limited += stats.codes[10011]
+        log.debug("dispatch took %.1f s", time.monotonic() - started)
+    return outcomes
+
+
+def _failed(exc: TransientApiError) -> str:
+    text = str(exc)
+    if exc.error_code is not None:
+        text = f"{reason_of(exc.error_code)} ({exc.error_code})"
+    return f"{text}; still failing after retries, rerun to try again"
+
+
+@contextlib.contextmanager
+def _signals(control: RunControl, progress: Progress, *, enabled: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM stop sending; a second one exits at once (the journal is already safe)."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if control.stopped and control.stop_reason and "interrupted" in control.stop_reason:
+            progress.note(f"{name} again: exiting now; answers so far are in the journal")
+            os._exit(130)
+        control.stop(f"interrupted by {name}; rerun the same command to continue")
+        progress.note(f"{name}: finishing the calls in flight, then writing the output")
+
+    installed: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _result_cells(status: Status, answer: Answer | None, invalid: Invalid | None,
+                  outcome: Outcome | None, skip_reason: str,
+                  tables: dict[str, bands_mod.Table]) -> list[Cell]:
+    if answer is not None:
+        if answer.status is Status.OK:
+            scores: list[Cell] = []
+            for model, raw in zip(
+                bands_mod.MODELS, (answer.range, answer.history, answer.stability), strict=True
+            ):
+                scores += [_number(raw), bands_mod.band(model, raw, tables)]
+            return ["ok", None, None, answer.orderid, *scores, answer.queried_at]
+        return [
+            "rejected", answer.error_code, answer.reason, None,
+            None, None, None, None, None, None, answer.queried_at,
+        ]
+    if invalid is not None:
+        return ["invalid", invalid.error_code, invalid.reason] + [None] * 8
+    if outcome is not None:
+        return [outcome.status.value, outcome.error_code, outcome.reason] + [None] * 8
+    return [status.value, None, skip_reason] + [None] * 8
+
+
+def _number(raw: str) -> Cell:
+    return int(raw) if raw.isdecimal() and raw.isascii() else raw
+
+
+def _write(item: _Input, rows: _Rows, journal: Journal, cutoff: float | None,
+           outcomes: dict[bytes, Outcome], skip_reason: str, options: EnrichOptions,
+           summary: RunSummary, *, make_sheet: Callable[[FileSummary], SummarySheet]) -> None:
+    source, columns, keep = item.source, item.columns, item.keep
+    headers = [source.headers[i] for i in keep] + list(RESULT_COLUMNS[options.headers])
+    out_index = {orig: pos for pos, orig in enumerate(keep)}
+    text_columns = {out_index[i] for i in (columns.idcard, columns.mobile) if i in out_index}
+    file_summary = item.summary
+    band_counts: dict[str, Counter[str]] = {m: Counter() for m in bands_mod.MODELS}
+    width = len(source.headers)
+    with open_writer(
+        item.output,
+        headers,
+        text_columns=text_columns,
+        status_column=len(keep),
+        escape_formulas=options.escape_formulas,
+    ) as writer:
+        for chunk in _chunks(source.rows(), _LOOKUP_BATCH):
+            checked = [rows.check(row, columns, width) for row in chunk]
+            keys = [rows.key(c) if isinstance(c, Person) else None for c in checked]
+            answers = journal.get_many({k for k in keys if k is not None}, newer_than=cutoff)
+            for row, result, key in zip(chunk, checked, keys, strict=True):
+                invalid = result if isinstance(result, Invalid) else None
+                answer = answers.get(key) if key is not None else None
+                outcome = outcomes.get(key) if key is not None and answer is None else None
+                if answer is not None:
+                    status = answer.status
+                elif invalid is not None:
+                    status = Status.INVALID
+                elif outcome is not None:
+                    status = outcome.status
+                else:
+                    status = Status.SKIPPED
+                cells = _result_cells(
+                    status, answer, invalid, outcome, skip_reason, options.band_tables
+                )
+                if answer is not None and answer.status is Status.OK:
+                    for model, pos in zip(bands_mod.MODELS, (5, 7, 9), strict=True):
+                        band_counts[model][str(cells[pos])] += 1
+                padded = [row[i] if i < len(row) else None for i in keep]
+                writer.write_row(padded + cells)
+                file_summary.rows += 1
+                file_summary.statuses[status] += 1
+        file_summary.bands = band_counts
+        summary.files.append(file_summary)
+        writer.commit(make_sheet(file_summary))
+
+
+def _chunks(rows: Iterable[list[Cell]], size: int) -> Iterator[list[list[Cell]]]:
+    chunk: list[list[Cell]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def exit_code_for(summary: RunSummary) -> int:
+    """0 all final · 3 some failed or skipped · 4 aborted by an account-level code."""
+    if summary.abort_code is not None:
+        return 4
+    if summary.count(Status.FAILED) or summary.count(Status.SKIPPED):
+        return 3
+    return 0
+
+
+async def enrich_async(options: EnrichOptions, progress: Progress | None = None,
+                       *, make_sheet: Callable[[FileSummary, RunSummary], SummarySheet] | None = None
+                       ) -> RunSummary:
+    """Run the whole job and return its summary; raises `EnricherError` for bad input or setup."""
+    from batch_enricher.report import summary_sheet
+
+    progress = progress or NullProgress()
+    sheet_for = make_sheet or (lambda f, s: summary_sheet(f, s, options.headers))
+    started = time.monotonic()
+    summary = RunSummary(dry_run=options.dry_run)
+    if not options.sandbox and not options.key and not options.dry_run:
+        raise ConfigError(
+            "no API key: set JUHE_API_KEY, put key = \"...\" in the --config file, or pass --key "
+            "(or try --sandbox to run against the built-in emulator)"
+        )
+    outputs = resolve_outputs(options)
+    inputs = _open_inputs(options, outputs)
+    state = options.state
+    if state is None:
+        from batch_enricher.journal import default_state_path
+
+        state = default_state_path()
+    control = RunControl(max_billed=options.max_billed)
+    with Journal.open(state, lock_timeout=options.lock_timeout) as journal:
+        rows = _Rows(journal)
+        cutoff = None if options.max_age is None else time.time() - options.max_age
+        progress.phase("planning")
+        plan = _plan(inputs, rows, journal, cutoff, summary, progress)
+        outcomes: dict[bytes, Outcome] = {}
+        if options.dry_run:
+            summary.max_billable = (
+                plan.to_call.__len__()
+                if options.max_billed is None
+                else min(len(plan.to_call), options.max_billed)
+            )
+            for item in inputs:  # count statuses without writing: every new person is "skipped"
+                _count_only(item, rows, journal, cutoff, summary)
+        else:
+            progress.start(plan.total_rows, plan.resolved_rows, len(plan.to_call))
+            if plan.to_call:
+                outcomes = await _dispatch(options, plan, journal, summary, control, progress)
+            progress.phase("writing")
+            skip_reason = _skip_reason(control)
+            for item in inputs:
+                _write(item, rows, journal, cutoff, outcomes, skip_reason, options, summary,
+                       make_sheet=lambda f: sheet_for(f, summary))
+    summary.stop_reason = control.stop_reason
+    summary.abort_code = control.abort_code
+    summary.elapsed_s = time.monotonic() - started
+    summary.exit_code = 0 if options.dry_run else exit_code_for(summary)
+    progress.close()
+    return summary
+
+
+def _skip_reason(control: RunControl) -> str:
+    if control.stop_reason:
+        return f"not sent: {control.stop_reason}"
+    return "not sent"
+
+
+def _count_only(item: _Input, rows: _Rows, journal: Journal, cutoff: float | None,
+                summary: RunSummary) -> None:
+    fs = item.summary
+    width = len(item.source.headers)
+    for chunk in _chunks(item.source.rows(), _LOOKUP_BATCH):
+        checked = [rows.check(row, item.columns, width) for row in chunk]
+        keys = {rows.key(c) for c in checked if isinstance(c, Person)}
+        answers = journal.get_many(keys, newer_than=cutoff)
+        for c in checked:
+            fs.rows += 1
+            if isinstance(c, Invalid):
+                fs.statuses[Status.INVALID] += 1
+            else:
+                answer = answers.get(rows.key(c))
+                fs.statuses[answer.status if answer else Status.SKIPPED] += 1
+    summary.files.append(fs)
+
+
+def enrich(options: EnrichOptions, progress: Progress | None = None) -> RunSummary:
+    """Run the enrich job to completion (blocking).
+
+    >>> # enrich(EnrichOptions(inputs=[Path("sample_data/customers.csv")], sandbox=True))
+    """
+    return asyncio.run(enrich_async(options, progress))
+
+
+_INPUT_SUFFIXES: Final = (".csv", ".tsv", ".txt", ".xlsx", ".xls")
+
+
+def expand_inputs(args: Iterable[str]) -> list[Path]:
+    """Files named on the command line; a folder or an unexpanded glob stands for its spreadsheets.
+
+    Earlier outputs (`*.enriched.*`) found in a folder or glob are left out; a named file is not.
+    """
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if _is_input(p))
+        elif any(ch in arg for ch in "*?[") and not path.exists():
+            found = sorted(p for p in Path().glob(arg) if p.is_file() and _is_input(p))
+            if not found:
+                raise InputError(f"no input files match {arg}")
+        else:
+            found = [path]
+        if not found:
+            raise InputError(f"no .csv/.tsv/.xlsx/.xls files in the folder {path}")
+        paths.extend(p for p in found if p not in paths)
+    return paths
+
+
+def _is_input(path: Path) -> bool:
+    return path.suffix.lower() in _INPUT_SUFFIXES and ".enriched." not in path.name
