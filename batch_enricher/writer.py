@@ -396,11 +396,13 @@ class _XlsxWriter(Writer):
         writer = getattr(self._ws, "_writer", None)
         if writer is None:
             return
-        try:
+        rows = getattr(self._ws, "_rows", None)
+        with contextlib.suppress(Exception):  # best effort: only a cleanup of our own spill file
+            if rows is not None:
+                rows.close()  # ends the row stream before its file goes, not at garbage collection
             writer.close()
+        with contextlib.suppress(OSError, ValueError):
             writer.cleanup()
-        except (OSError, ValueError):
-            pass
 
 
 def _sheet(workbook: Workbook, title: str) -> Worksheet:

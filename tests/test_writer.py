@@ -1,0 +1,332 @@
+"""Tests for batch_enricher.writer: formula safety, typed XLSX, atomic private output."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import stat
+import tracemalloc
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import openpyxl
+import pytest
+from openpyxl.worksheet._writer import ALL_TEMP_FILES
+
+from batch_enricher.errors import OutputError, UnsupportedFileError
+from batch_enricher.models import Status
+from batch_enricher.writer import Cell, SummarySheet, open_writer
+
+HEADERS = ["name", "idcard", "mobile", "amount", "status"]
+DANGEROUS = ["=1+1", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "\nx"]
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _write(path: Path, rows: Sequence[Sequence[Cell]], **kwargs: object) -> None:
+    summary = kwargs.pop("summary", None)
+    with open_writer(path, HEADERS, **kwargs) as writer:  # type: ignore[arg-type]
+        for row in rows:
+            writer.write_row(row)
+        writer.commit(summary)  # type: ignore[arg-type]
+
+
+def _read_csv(path: Path, delimiter: str = ",") -> list[list[str]]:
+    with path.open(encoding="utf-8-sig", newline="") as stream:
+        return list(csv.reader(stream, delimiter=delimiter))
+
+
+def _leftovers(directory: Path, keep: str) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if name != keep)
+
+
+# --- CSV / TSV ---------------------------------------------------------------------------------
+
+
+def test_csv_starts_with_bom_and_uses_crlf(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    _write(out, [["王小明", "11010119900307803X", "13812345678", "1", "ok"]])
+    raw = out.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    assert raw.count(b"\r\n") == 2
+    assert _read_csv(out)[1] == ["王小明", "11010119900307803X", "13812345678", "1", "ok"]
+
+
+def test_csv_cells_are_written_as_text(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    row: list[Cell] = [
+        None,
+        42,
+        1.0,
+        2.5,
+        True,
+        False,
+        datetime.date(2024, 1, 2),
+        datetime.datetime(2024, 1, 2, 3, 4, 5),
+        datetime.time(6, 7),
+        1.10101199001011e17,
+        Status.REJECTED,
+        'a,"b"\nc',
+    ]
+    _write(out, [row])
+    assert _read_csv(out)[1] == [
+        "",
+        "42",
+        "1",
+        "2.5",
+        "TRUE",
+        "FALSE",
+        "2024-01-02",
+        "2024-01-02T03:04:05",
+        "06:07:00",
+        # An ID Excel already rounded is not dressed up with invented trailing digits.
+        "1.10101199001011e+17",
+        "rejected",
+        'a,"b"\nc',
+    ]
+
+
+@pytest.mark.parametrize("value", DANGEROUS)
+def test_csv_escapes_formula_starts(tmp_path: Path, value: str) -> None:
+    out = tmp_path / "out.csv"
+    _write(out, [[value, "safe", "-", None, Status.OK]])
+    assert _read_csv(out)[1] == ["'" + value, "safe", "'-", "", "ok"]
+
+
+def test_csv_escapes_headers_and_numbers_stay_plain(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    with open_writer(out, ["=HYPERLINK()", "n"]) as writer:
+        writer.write_row([-5, "a-b"])
+        writer.commit()
+    assert _read_csv(out) == [["'=HYPERLINK()", "n"], ["-5", "a-b"]]
+
+
+def test_csv_escape_can_be_turned_off(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    _write(out, [DANGEROUS[:5]], escape_formulas=False)
+    assert _read_csv(out)[1] == DANGEROUS[:5]
+
+
+def test_tsv_uses_tabs(tmp_path: Path) -> None:
+    out = tmp_path / "out.tsv"
+    _write(out, [["a", "b", "c", "d", "=e"]])
+    text = out.read_text(encoding="utf-8-sig")
+    assert text.splitlines()[1] == "a\tb\tc\td\t'=e"
+    assert _read_csv(out, "\t")[0] == HEADERS
+
+
+# --- XLSX ----------------------------------------------------------------------------------------
+
+
+def _status_rows() -> list[list[Cell]]:
+    return [
+        ["=1+1", 110101199003078031, 13812345678, 3.5, "ok"],
+        ["+1", "11010119900307803X", "13912345678", 7, Status.INVALID],
+        ["@SUM(A1)", None, None, datetime.date(2024, 1, 2), "rejected"],
+        ["-2+3", None, None, "#N/A", "failed"],
+        ["bell\x07", None, None, None, "skipped"],
+    ]
+
+
+def _xlsx(tmp_path: Path, rows: list[list[Cell]], **kwargs: object) -> openpyxl.Workbook:
+    out = tmp_path / "out.xlsx"
+    _write(out, rows, text_columns={1, 2}, status_column=4, **kwargs)
+    return openpyxl.load_workbook(out)
+
+
+def test_xlsx_never_writes_formulas(tmp_path: Path) -> None:
+    ws = _xlsx(tmp_path, _status_rows()).worksheets[0]
+    cells = [cell for row in ws.iter_rows() for cell in row]
+    assert [c for c in cells if c.data_type in ("f", "e")] == []
+    assert [ws.cell(r, 1).value for r in range(2, 6)] == ["=1+1", "+1", "@SUM(A1)", "-2+3"]
+    assert ws["D5"].value == "#N/A"
+
+
+def test_xlsx_strips_illegal_characters(tmp_path: Path) -> None:
+    ws = _xlsx(tmp_path, _status_rows()).worksheets[0]
+    assert ws["A6"].value == "bell"
+
+
+def test_xlsx_id_and_mobile_are_text(tmp_path: Path) -> None:
+    ws = _xlsx(tmp_path, _status_rows()).worksheets[0]
+    for coordinate, expected in [
+        ("B2", "110101199003078031"),
+        ("C2", "13812345678"),
+        ("B3", "11010119900307803X"),
+    ]:
+        assert ws[coordinate].value == expected
+        assert ws[coordinate].data_type == "s"
+        assert ws[coordinate].number_format == "@"
+
+
+def test_xlsx_numbers_and_dates_stay_typed(tmp_path: Path) -> None:
+    ws = _xlsx(tmp_path, _status_rows()).worksheets[0]
+    assert ws["D2"].value == 3.5
+    assert ws["D3"].value == 7
+    assert ws["D2"].data_type == "n"
+    assert ws["D4"].is_date
+    assert ws["D4"].value == datetime.datetime(2024, 1, 2)
+
+
+def test_xlsx_long_ints_outside_text_columns_keep_every_digit(tmp_path: Path) -> None:
+    ws = _xlsx(tmp_path, [["a", None, None, 123456789012345678, "ok"]]).worksheets[0]
+    assert ws["D2"].value == "123456789012345678"
+
+
+def test_xlsx_is_ready_to_use(tmp_path: Path) -> None:
+    rows: list[list[Cell]] = [["张三", "1", "2", i, "ok"] for i in range(450)]  # past the sample
+    ws = _xlsx(tmp_path, rows).worksheets[0]
+    assert ws.freeze_panes == "A2"
+    assert ws.auto_filter.ref == "A1:E451"
+    assert ws.max_row == 451
+    assert all(cell.font.b for cell in ws[1])
+    assert ws["A2"].font.b is not True
+
+
+def test_xlsx_column_widths_count_wide_characters_double(tmp_path: Path) -> None:
+    out = tmp_path / "out.xlsx"
+    with open_writer(out, ["a", "b", "c"]) as writer:
+        writer.write_row(["客户姓名客户姓名客户姓名", "abcdefghijkl", "x" * 500])
+        writer.commit()
+    dims = openpyxl.load_workbook(out).worksheets[0].column_dimensions
+    assert dims["A"].width > dims["B"].width > 8
+    assert dims["C"].width <= 60
+
+
+def test_xlsx_status_fills_differ_by_status(tmp_path: Path) -> None:
+    ws = _xlsx(tmp_path, _status_rows()).worksheets[0]
+    fill = {ws.cell(r, 5).value: ws.cell(r, 5).fill.fgColor.rgb for r in range(2, 7)}
+    assert fill["invalid"] == fill["rejected"]
+    assert fill["failed"] == fill["skipped"]
+    assert len({fill["ok"], fill["invalid"], fill["failed"]}) == 3
+    assert ws["A2"].fill.fill_type is None
+
+
+def test_xlsx_summary_sheet_with_charts(tmp_path: Path) -> None:
+    summary = SummarySheet(
+        title="汇总",
+        rows=[("rows", 5), ("ok", 1), ("elapsed_s", 0.5)],
+        charts=[
+            ("range", [("(0,1500]", 3), ("20000+", 1)]),
+            ("history", [("(0,6]", 2)]),
+        ],
+    )
+    wb = _xlsx(tmp_path, _status_rows(), summary=summary)
+    assert wb.sheetnames[1] == "汇总"
+    values = list(wb["汇总"].values)
+    assert ("rows", 5) in values
+    assert ("elapsed_s", 0.5) in values
+    assert ("(0,1500]", 3) in values
+    names = zipfile.ZipFile(tmp_path / "out.xlsx").namelist()
+    assert {"xl/charts/chart1.xml", "xl/charts/chart2.xml"} <= set(names)
+
+
+def test_xlsx_summary_is_ignored_for_csv(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    _write(out, [["a", "b", "c", "d", "ok"]], summary=SummarySheet("Summary", [("rows", 1)], []))
+    assert len(_read_csv(out)) == 2
+
+
+# --- atomicity, permissions, errors ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_exception_leaves_existing_output_and_no_temp(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"out{suffix}"
+    out.write_bytes(b"previous run")
+    temps_before = set(ALL_TEMP_FILES)
+    with pytest.raises(RuntimeError), open_writer(out, HEADERS) as writer:
+        for i in range(300):
+            writer.write_row(["x", "y", "z", i, "ok"])
+        raise RuntimeError("boom")
+    assert out.read_bytes() == b"previous run"
+    assert _leftovers(tmp_path, out.name) == []
+    # openpyxl's own spill file holds personal data too: it goes as well.
+    assert [p for p in ALL_TEMP_FILES if p not in temps_before and os.path.exists(p)] == []
+
+
+def test_leaving_without_commit_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    with open_writer(out, HEADERS) as writer:
+        writer.write_row(["a", "b", "c", "d", "e"])
+    assert os.listdir(tmp_path) == []
+
+
+def test_target_appears_only_at_commit(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    with open_writer(out, HEADERS) as writer:
+        writer.write_row(["a", "b", "c", "d", "e"])
+        assert not out.exists()
+        temps = _leftovers(tmp_path, out.name)
+        assert len(temps) == 1  # beside the target, so the rename is atomic
+        writer.commit()
+    assert _leftovers(tmp_path, out.name) == []
+    assert len(_read_csv(out)) == 2
+
+
+def test_write_after_commit_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    with open_writer(out, HEADERS) as writer:
+        writer.commit()
+        with pytest.raises(OutputError, match="already committed"):
+            writer.write_row(["a"])
+
+
+@pytest.mark.usefixtures("umask_022")
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".xlsx"])
+def test_output_is_private(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"out{suffix}"
+    out.write_bytes(b"old")
+    out.chmod(0o644)
+    _write(out, [["a", "b", "c", "d", "ok"]])
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedFileError, match=r"\.csv, \.tsv or \.xlsx"):
+        open_writer(tmp_path / "out.xls", HEADERS)
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="directory does not exist"):
+        open_writer(tmp_path / "nope" / "out.csv", HEADERS)
+
+
+def test_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    # chmod cannot lock out root (CI often runs as root), so refuse the temp file directly.
+    monkeypatch.setattr("batch_enricher.writer.tempfile.mkstemp", refuse)
+    with pytest.raises(OutputError, match=r"cannot write to output directory .*Permission denied"):
+        open_writer(tmp_path / "out.csv", HEADERS)
+
+
+def _peak_memory(path: Path, rows: int) -> int:
+    tracemalloc.start()
+    try:
+        with open_writer(path, HEADERS, text_columns={1, 2}) as writer:
+            for i in range(rows):
+                writer.write_row([f"王小明{i}", f"{i:018d}", "13812345678", 12.5, "ok"])
+            writer.commit()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("suffix", "rows"), [(".csv", 20_000), (".xlsx", 3_000)])
+def test_memory_does_not_grow_with_rows(tmp_path: Path, suffix: str, rows: int) -> None:
+    small = _peak_memory(tmp_path / f"small{suffix}", 300)
+    large = _peak_memory(tmp_path / f"large{suffix}", rows)
+    # Holding the extra rows would cost ~250 bytes each: at least 700 kB here.
+    assert large - small < 200_000
