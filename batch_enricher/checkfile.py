@@ -123,4 +123,3 @@ def format_validation(result: ValidationResult) -> str:
         lines.append(f"report: {result.report}")
     lines.append("nothing was sent" + ("" if result.invalid else "; every row is valid"))
     return "\n".join(lines)
-

@@ -66,7 +66,9 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
-def _setup_logging(verbose: bool, quiet: bool, log_file: Path | None, secrets: tuple[str, ...]) -> None:
+def _setup_logging(
+    verbose: bool, quiet: bool, log_file: Path | None, secrets: tuple[str, ...]
+) -> None:
     """Console at WARNING (-v: DEBUG, -q: ERROR), an optional private log file at DEBUG."""
     root = logging.getLogger("batch_enricher")
     root.handlers.clear()
@@ -123,40 +125,170 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .csv/.tsv/.xlsx (one input).")
-@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs of several inputs.")
-@click.option("--config", type=click.Path(path_type=Path, dir_okay=False), is_eager=True, expose_value=False, callback=_load_config_option, help="TOML settings file (see config.example.toml).")
-@click.option("--key", envvar=ENV["key"], help="API key (prefer the JUHE_API_KEY environment variable: flags show in `ps`).")
-@click.option("--endpoint", envvar=ENV["endpoint"], default=DEFAULT_ENDPOINT, show_default=True, help="API endpoint URL.")
-@click.option("--qps", envvar=ENV["qps"], type=click.FloatRange(min=0.01), default=10.0, show_default=True, help="Requests per second, never exceeded in any one-second window.")
-@click.option("--concurrency", envvar=ENV["concurrency"], type=click.IntRange(min=1, max=256), default=8, show_default=True, help="Requests in flight at once.")
-@click.option("--timeout", envvar=ENV["timeout"], type=click.FloatRange(min=0.1), default=15.0, show_default=True, help="Seconds per request.")
-@click.option("--max-retries", envvar=ENV["max_retries"], type=click.IntRange(min=0), default=6, show_default=True, help="Retries of a transient failure.")
-@click.option("--retry-initial", type=click.FloatRange(min=0.0), default=0.5, show_default=True, help="First retry pause in seconds (doubles, with jitter).")
-@click.option("--retry-max", type=click.FloatRange(min=0.0), default=30.0, show_default=True, help="Longest retry pause in seconds.")
-@click.option("--state", envvar=ENV["state"], type=click.Path(path_type=Path, dir_okay=False), help="Journal database (default: under the user's state folder).")
-@click.option("--max-age", envvar=ENV["max_age"], default="30d", show_default=True, callback=_duration, help="Reuse journal answers younger than this (30d, 12h, 0 = ask again).")
-@click.option("--max-billed", envvar=ENV["max_billed"], type=click.IntRange(min=0), help="Stop sending once this many calls are billed in this run.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Output .csv/.tsv/.xlsx (one input)."
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the outputs of several inputs.",
+)
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config_option,
+    help="TOML settings file (see config.example.toml).",
+)
+@click.option(
+    "--key",
+    envvar=ENV["key"],
+    help="API key (prefer the JUHE_API_KEY environment variable: flags show in `ps`).",
+)
+@click.option(
+    "--endpoint",
+    envvar=ENV["endpoint"],
+    default=DEFAULT_ENDPOINT,
+    show_default=True,
+    help="API endpoint URL.",
+)
+@click.option(
+    "--qps",
+    envvar=ENV["qps"],
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    show_default=True,
+    help="Requests per second, never exceeded in any one-second window.",
+)
+@click.option(
+    "--concurrency",
+    envvar=ENV["concurrency"],
+    type=click.IntRange(min=1, max=256),
+    default=8,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--timeout",
+    envvar=ENV["timeout"],
+    type=click.FloatRange(min=0.1),
+    default=15.0,
+    show_default=True,
+    help="Seconds per request.",
+)
+@click.option(
+    "--max-retries",
+    envvar=ENV["max_retries"],
+    type=click.IntRange(min=0),
+    default=6,
+    show_default=True,
+    help="Retries of a transient failure.",
+)
+@click.option(
+    "--retry-initial",
+    type=click.FloatRange(min=0.0),
+    default=0.5,
+    show_default=True,
+    help="First retry pause in seconds (doubles, with jitter).",
+)
+@click.option(
+    "--retry-max",
+    type=click.FloatRange(min=0.0),
+    default=30.0,
+    show_default=True,
+    help="Longest retry pause in seconds.",
+)
+@click.option(
+    "--state",
+    envvar=ENV["state"],
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Journal database (default: under the user's state folder).",
+)
+@click.option(
+    "--max-age",
+    envvar=ENV["max_age"],
+    default="30d",
+    show_default=True,
+    callback=_duration,
+    help="Reuse journal answers younger than this (30d, 12h, 0 = ask again).",
+)
+@click.option(
+    "--max-billed",
+    envvar=ENV["max_billed"],
+    type=click.IntRange(min=0),
+    help="Stop sending once this many calls are billed in this run.",
+)
 @click.option("--sandbox", is_flag=True, help="Use the built-in API emulator: no key, no network.")
 @click.option("--dry-run", is_flag=True, help="Read, validate and plan; send nothing.")
-@click.option("--summary-json", type=click.Path(path_type=Path, dir_okay=False), help="Write the run summary as JSON.")
-@click.option("--headers", "header_lang", envvar=ENV["headers"], type=click.Choice(["en", "zh"]), default="en", show_default=True, help="Language of the appended column headers.")
-@click.option("--no-escape-formulas", is_flag=True, help="Do not prefix formula-like CSV cells with ' (for non-spreadsheet consumers).")
+@click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the run summary as JSON.",
+)
+@click.option(
+    "--headers",
+    "header_lang",
+    envvar=ENV["headers"],
+    type=click.Choice(["en", "zh"]),
+    default="en",
+    show_default=True,
+    help="Language of the appended column headers.",
+)
+@click.option(
+    "--no-escape-formulas",
+    is_flag=True,
+    help="Do not prefix formula-like CSV cells with ' (for non-spreadsheet consumers).",
+)
 @click.option("--insecure", is_flag=True, help="Do not verify TLS certificates (dangerous).")
-@click.option("--lock-timeout", type=click.FloatRange(min=0.0), default=5.0, show_default=True, help="Seconds to wait for another run's journal lock.")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0.0),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for another run's journal lock.",
+)
 @_input_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug messages (masked) on stderr.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only.")
-@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False), help="Append a debug log (masked) to this file.")
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Append a debug log (masked) to this file.",
+)
 @click.pass_context
-def enrich(ctx: click.Context, inputs: tuple[str, ...], output: Path | None, output_dir: Path | None,
-           key: str | None, endpoint: str, qps: float, concurrency: int, timeout: float,
-           max_retries: int, retry_initial: float, retry_max: float, state: Path | None,
-           max_age: float | None, max_billed: int | None, sandbox: bool, dry_run: bool,
-           summary_json: Path | None, header_lang: str, no_escape_formulas: bool, insecure: bool,
-           lock_timeout: float, name_col: str | None, idcard_col: str | None,
-           mobile_col: str | None, sheet: str | None, encoding: str | None, verbose: bool,
-           quiet: bool, log_file: Path | None) -> None:
+def enrich(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    output: Path | None,
+    output_dir: Path | None,
+    key: str | None,
+    endpoint: str,
+    qps: float,
+    concurrency: int,
+    timeout: float,
+    max_retries: int,
+    retry_initial: float,
+    retry_max: float,
+    state: Path | None,
+    max_age: float | None,
+    max_billed: int | None,
+    sandbox: bool,
+    dry_run: bool,
+    summary_json: Path | None,
+    header_lang: str,
+    no_escape_formulas: bool,
+    insecure: bool,
+    lock_timeout: float,
+    name_col: str | None,
+    idcard_col: str | None,
+    mobile_col: str | None,
+    sheet: str | None,
+    encoding: str | None,
+    verbose: bool,
+    quiet: bool,
+    log_file: Path | None,
+) -> None:
     """Enrich INPUT files (.csv, .tsv, .xlsx, .xls; folders and globs too).
 
     Each distinct person is sent once; answers go to the journal as they arrive, so a
@@ -174,7 +306,8 @@ def enrich(ctx: click.Context, inputs: tuple[str, ...], output: Path | None, out
     """
     from batch_enricher.progress import make_progress
     from batch_enricher.report import format_summary, write_json
-    from batch_enricher.runner import EnrichOptions, enrich as run_enrich, expand_inputs
+    from batch_enricher.runner import EnrichOptions, expand_inputs
+    from batch_enricher.runner import enrich as run_enrich
 
     secrets = (key,) if key else ()
     _setup_logging(verbose, quiet, log_file, secrets)
@@ -185,20 +318,39 @@ def enrich(ctx: click.Context, inputs: tuple[str, ...], output: Path | None, out
             err=True,
         )
     if insecure:
-        click.echo("WARNING: --insecure: TLS certificates are NOT verified; "
-                   "anyone on the network path can read the personal data sent", err=True)
+        click.echo(
+            "WARNING: --insecure: TLS certificates are NOT verified; "
+            "anyone on the network path can read the personal data sent",
+            err=True,
+        )
     if output is not None and output_dir is not None:
         raise click.UsageError("use either -o/--output or --output-dir, not both")
     try:
         paths = expand_inputs(inputs)
         options = EnrichOptions(
-            inputs=paths, output=output, output_dir=output_dir, key=key, endpoint=endpoint,
-            qps=qps, concurrency=concurrency, timeout=timeout,
+            inputs=paths,
+            output=output,
+            output_dir=output_dir,
+            key=key,
+            endpoint=endpoint,
+            qps=qps,
+            concurrency=concurrency,
+            timeout=timeout,
             retry=RetryPolicy(max_retries=max_retries, initial=retry_initial, maximum=retry_max),
-            state=state, max_age=max_age, max_billed=max_billed, sandbox=sandbox,
-            dry_run=dry_run, headers=header_lang, escape_formulas=not no_escape_formulas,
-            insecure=insecure, name_col=name_col, idcard_col=idcard_col, mobile_col=mobile_col,
-            sheet=_sheet(sheet), encoding=encoding, lock_timeout=lock_timeout,
+            state=state,
+            max_age=max_age,
+            max_billed=max_billed,
+            sandbox=sandbox,
+            dry_run=dry_run,
+            headers=header_lang,
+            escape_formulas=not no_escape_formulas,
+            insecure=insecure,
+            name_col=name_col,
+            idcard_col=idcard_col,
+            mobile_col=mobile_col,
+            sheet=_sheet(sheet),
+            encoding=encoding,
+            lock_timeout=lock_timeout,
             band_tables=ctx.meta.get("band_tables", dict(bands.DEFAULT_TABLES)),
         )
         summary = run_enrich(options, make_progress(quiet=quiet))
@@ -213,13 +365,31 @@ def enrich(ctx: click.Context, inputs: tuple[str, ...], output: Path | None, out
 
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "report", type=click.Path(path_type=Path, dir_okay=False), help="Write a report (.csv/.xlsx): your rows with status and reason.")
+@click.option(
+    "-o",
+    "--output",
+    "report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a report (.csv/.xlsx): your rows with status and reason.",
+)
 @_input_options
-@click.option("--summary-json", type=click.Path(path_type=Path, dir_okay=False), help="Write the counts as JSON.")
+@click.option(
+    "--summary-json",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the counts as JSON.",
+)
 @click.pass_context
-def validate(ctx: click.Context, input_path: Path, report: Path | None, name_col: str | None,
-             idcard_col: str | None, mobile_col: str | None, sheet: str | None,
-             encoding: str | None, summary_json: Path | None) -> None:
+def validate(
+    ctx: click.Context,
+    input_path: Path,
+    report: Path | None,
+    name_col: str | None,
+    idcard_col: str | None,
+    mobile_col: str | None,
+    sheet: str | None,
+    encoding: str | None,
+    summary_json: Path | None,
+) -> None:
     """Check INPUT locally: no network, nothing sent, nothing billed.
 
     Prints how many rows have each problem; exits 0 when every row is valid, 3 when not.
@@ -232,40 +402,82 @@ def validate(ctx: click.Context, input_path: Path, report: Path | None, name_col
 
     try:
         result = validate_file(
-            input_path, report=report, name_col=name_col, idcard_col=idcard_col,
-            mobile_col=mobile_col, sheet=_sheet(sheet), encoding=encoding,
+            input_path,
+            report=report,
+            name_col=name_col,
+            idcard_col=idcard_col,
+            mobile_col=mobile_col,
+            sheet=_sheet(sheet),
+            encoding=encoding,
         )
     except EnricherError as exc:
         _fail(exc)
     click.echo(format_validation(result))
     if summary_json is not None:
-        summary_json.write_text(json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n",
-                                encoding="utf-8")
+        summary_json.write_text(
+            json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
     ctx.exit(0 if result.invalid == 0 else 3)
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless you mean it).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (loopback unless you mean it).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
-@click.option("--qps-limit", type=click.FloatRange(min=0.01), help="Answer 10011 past this many requests per second.")
-@click.option("--quota", type=click.IntRange(min=0), help="Answer 10012 after this many billed answers.")
-@click.option("--fault-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Share of requests that get a transient fault.")
+@click.option(
+    "--qps-limit",
+    type=click.FloatRange(min=0.01),
+    help="Answer 10011 past this many requests per second.",
+)
+@click.option(
+    "--quota", type=click.IntRange(min=0), help="Answer 10012 after this many billed answers."
+)
+@click.option(
+    "--fault-rate",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of requests that get a transient fault.",
+)
 @click.option("--latency-ms", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
 @click.option("--key", help="Accept only this key (10001 otherwise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the fault draws.")
-def sandbox(host: str, port: int, qps_limit: float | None, quota: int | None, fault_rate: float,
-            latency_ms: float, key: str | None, seed: int) -> None:
+def sandbox(
+    host: str,
+    port: int,
+    qps_limit: float | None,
+    quota: int | None,
+    fault_rate: float,
+    latency_ms: float,
+    key: str | None,
+    seed: int,
+) -> None:
     """Serve the API emulator (financeInfo/query) for demos and tests.
 
     \b
     Example:
         batch-enricher sandbox --port 8765 --qps-limit 25 --fault-rate 0.1 &
-        batch-enricher enrich customers.csv --endpoint http://127.0.0.1:8765/financeInfo/query --key x
+        batch-enricher enrich customers.csv --key x \
+            --endpoint http://127.0.0.1:8765/financeInfo/query
     """
     from batch_enricher.sandbox import SandboxConfig, serve
 
-    serve(SandboxConfig(key=key, qps_limit=qps_limit, quota=quota, fault_rate=fault_rate,
-                        latency_ms=latency_ms, seed=seed), host=host, port=port)
+    serve(
+        SandboxConfig(
+            key=key,
+            qps_limit=qps_limit,
+            quota=quota,
+            fault_rate=fault_rate,
+            latency_ms=latency_ms,
+            seed=seed,
+        ),
+        host=host,
+        port=port,
+    )
 
 
 @cli.command(name="codes")
@@ -288,8 +500,18 @@ def codes_command() -> None:
 
 
 @cli.command()
-@click.option("--older-than", required=True, callback=_duration, help="Delete answers older than this (e.g. 90d).")
-@click.option("--state", envvar=ENV["state"], type=click.Path(path_type=Path, dir_okay=False), help="Journal database (default: under the user's state folder).")
+@click.option(
+    "--older-than",
+    required=True,
+    callback=_duration,
+    help="Delete answers older than this (e.g. 90d).",
+)
+@click.option(
+    "--state",
+    envvar=ENV["state"],
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Journal database (default: under the user's state folder).",
+)
 def purge(older_than: float, state: Path | None) -> None:
     """Delete journal answers older than --older-than (retention).
 
@@ -321,7 +543,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; answers received so far are kept in the journal", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - last line of defence: a message, not a traceback
+    except Exception as exc:
         click.echo(f"Error: unexpected {type(exc).__name__}: {scrub(str(exc))}", err=True)
         if log.isEnabledFor(logging.DEBUG) or os.environ.get("BATCH_ENRICHER_DEBUG"):
             click.echo(scrub(traceback.format_exc()), err=True)

@@ -132,7 +132,7 @@ class JuheClient:
         except TimeoutError as exc:
             raise TransientApiError("timed out waiting for the API") from exc
         except aiohttp.ClientError as exc:
-            # aiohttp's messages can quote the URL, never the form body: safe, but say only the kind.
+            # aiohttp's messages may quote the URL (never the form body); say only the kind.
             raise TransientApiError(f"connection error ({type(exc).__name__})") from exc
         if status != 200:
             detail = "rate limited" if status == 429 else "server error"

@@ -11,7 +11,7 @@ import contextlib
 from enum import StrEnum
 
 
-class NotSent(Exception):  # noqa: N818 - a control-flow signal, not an error the user sees
+class NotSent(Exception):
     """The attempt was not sent (budget, breaker, abort, signal): the row is `skipped`."""
 
     def __init__(self, reason: str) -> None:

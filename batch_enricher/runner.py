@@ -35,8 +35,8 @@ from batch_enricher import bands as bands_mod
 from batch_enricher.client import (
     DEFAULT_ENDPOINT,
     USER_AGENT,
-    CallStats,
     Caller,
+    CallStats,
     JuheClient,
     RetryPolicy,
 )
@@ -103,7 +103,9 @@ class _Input:
     source: Source
     columns: ColumnMap
     output: Path
-    keep: list[int]  # indexes of the input columns that go to the output (old result columns dropped)
+    keep: list[
+        int
+    ]  # indexes of the input columns that go to the output (old result columns dropped)
     summary: FileSummary
 
 
@@ -201,8 +203,14 @@ class _Rows:
         return check(cell(columns.realname), cell(columns.idcard), cell(columns.mobile))
 
 
-def _plan(inputs: list[_Input], rows: _Rows, journal: Journal, cutoff: float | None,
-          summary: RunSummary, progress: Progress) -> _Plan:
+def _plan(
+    inputs: list[_Input],
+    rows: _Rows,
+    journal: Journal,
+    cutoff: float | None,
+    summary: RunSummary,
+    progress: Progress,
+) -> _Plan:
     plan = _Plan()
     seen: set[bytes] = set()
     pending: list[tuple[bytes, Person]] = []
@@ -246,8 +254,14 @@ def _plan(inputs: list[_Input], rows: _Rows, journal: Journal, cutoff: float | N
     return plan
 
 
-async def _dispatch(options: EnrichOptions, plan: _Plan, journal: Journal, summary: RunSummary,
-                    control: RunControl, progress: Progress) -> dict[bytes, Outcome]:
+async def _dispatch(
+    options: EnrichOptions,
+    plan: _Plan,
+    journal: Journal,
+    summary: RunSummary,
+    control: RunControl,
+    progress: Progress,
+) -> dict[bytes, Outcome]:
     """Call the API for every planned person; returns the non-final outcomes (failed)."""
     outcomes: dict[bytes, Outcome] = {}
     stats = CallStats()
@@ -320,15 +334,15 @@ def _signals(control: RunControl, progress: Progress, *, enabled: bool) -> Itera
         return
     loop = asyncio.get_running_loop()
 
-    def on_signal(signum: int) -> None:
-        name = signal.Signals(signum).name
+    def on_signal(signum: signal.Signals) -> None:
+        name = signum.name
         if control.stopped and control.stop_reason and "interrupted" in control.stop_reason:
             progress.note(f"{name} again: exiting now; answers so far are in the journal")
             os._exit(130)
         control.stop(f"interrupted by {name}; rerun the same command to continue")
         progress.note(f"{name}: finishing the calls in flight, then writing the output")
 
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
@@ -340,35 +354,51 @@ def _signals(control: RunControl, progress: Progress, *, enabled: bool) -> Itera
             loop.remove_signal_handler(sig)
 
 
-def _result_cells(status: Status, answer: Answer | None, invalid: Invalid | None,
-                  outcome: Outcome | None, skip_reason: str,
-                  tables: dict[str, bands_mod.Table]) -> list[Cell]:
+def _result_cells(
+    status: Status,
+    answer: Answer | None,
+    invalid: Invalid | None,
+    outcome: Outcome | None,
+    skip_reason: str,
+    tables: dict[str, bands_mod.Table],
+) -> list[Cell]:
+    """The 11 appended cells, in `RESULT_COLUMNS` order."""
+    cells: list[Cell] = [status.value] + [None] * 10
     if answer is not None:
+        cells[10] = answer.queried_at
         if answer.status is Status.OK:
-            scores: list[Cell] = []
-            for model, raw in zip(
-                bands_mod.MODELS, (answer.range, answer.history, answer.stability), strict=True
-            ):
-                scores += [_number(raw), bands_mod.band(model, raw, tables)]
-            return ["ok", None, None, answer.orderid, *scores, answer.queried_at]
-        return [
-            "rejected", answer.error_code, answer.reason, None,
-            None, None, None, None, None, None, answer.queried_at,
-        ]
-    if invalid is not None:
-        return ["invalid", invalid.error_code, invalid.reason] + [None] * 8
-    if outcome is not None:
-        return [outcome.status.value, outcome.error_code, outcome.reason] + [None] * 8
-    return [status.value, None, skip_reason] + [None] * 8
+            cells[3] = answer.orderid
+            raws = (answer.range, answer.history, answer.stability)
+            for i, (model, raw) in enumerate(zip(bands_mod.MODELS, raws, strict=True)):
+                cells[4 + 2 * i] = _number(raw)
+                cells[5 + 2 * i] = bands_mod.band(model, raw, tables)
+        else:
+            cells[1], cells[2] = answer.error_code, answer.reason
+    elif invalid is not None:
+        cells[1], cells[2] = invalid.error_code, invalid.reason
+    elif outcome is not None:
+        cells[1], cells[2] = outcome.error_code, outcome.reason
+    else:
+        cells[2] = skip_reason
+    return cells
 
 
 def _number(raw: str) -> Cell:
     return int(raw) if raw.isdecimal() and raw.isascii() else raw
 
 
-def _write(item: _Input, rows: _Rows, journal: Journal, cutoff: float | None,
-           outcomes: dict[bytes, Outcome], skip_reason: str, options: EnrichOptions,
-           summary: RunSummary, *, make_sheet: Callable[[FileSummary], SummarySheet]) -> None:
+def _write(
+    item: _Input,
+    rows: _Rows,
+    journal: Journal,
+    cutoff: float | None,
+    outcomes: dict[bytes, Outcome],
+    skip_reason: str,
+    options: EnrichOptions,
+    summary: RunSummary,
+    *,
+    make_sheet: Callable[[FileSummary], SummarySheet],
+) -> None:
     source, columns, keep = item.source, item.columns, item.keep
     headers = [source.headers[i] for i in keep] + list(RESULT_COLUMNS[options.headers])
     out_index = {orig: pos for pos, orig in enumerate(keep)}
@@ -434,9 +464,12 @@ def exit_code_for(summary: RunSummary) -> int:
     return 0
 
 
-async def enrich_async(options: EnrichOptions, progress: Progress | None = None,
-                       *, make_sheet: Callable[[FileSummary, RunSummary], SummarySheet] | None = None
-                       ) -> RunSummary:
+async def enrich_async(
+    options: EnrichOptions,
+    progress: Progress | None = None,
+    *,
+    make_sheet: Callable[[FileSummary, RunSummary], SummarySheet] | None = None,
+) -> RunSummary:
     """Run the whole job and return its summary; raises `EnricherError` for bad input or setup."""
     from batch_enricher.report import summary_sheet
 
@@ -446,7 +479,7 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None,
     summary = RunSummary(dry_run=options.dry_run)
     if not options.sandbox and not options.key and not options.dry_run:
         raise ConfigError(
-            "no API key: set JUHE_API_KEY, put key = \"...\" in the --config file, or pass --key "
+            'no API key: set JUHE_API_KEY, put key = "..." in the --config file, or pass --key '
             "(or try --sandbox to run against the built-in emulator)"
         )
     outputs = resolve_outputs(options)
@@ -478,8 +511,17 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None,
             progress.phase("writing")
             skip_reason = _skip_reason(control)
             for item in inputs:
-                _write(item, rows, journal, cutoff, outcomes, skip_reason, options, summary,
-                       make_sheet=lambda f: sheet_for(f, summary))
+                _write(
+                    item,
+                    rows,
+                    journal,
+                    cutoff,
+                    outcomes,
+                    skip_reason,
+                    options,
+                    summary,
+                    make_sheet=lambda f: sheet_for(f, summary),
+                )
     summary.stop_reason = control.stop_reason
     summary.abort_code = control.abort_code
     summary.elapsed_s = time.monotonic() - started
@@ -494,8 +536,9 @@ def _skip_reason(control: RunControl) -> str:
     return "not sent"
 
 
-def _count_only(item: _Input, rows: _Rows, journal: Journal, cutoff: float | None,
-                summary: RunSummary) -> None:
+def _count_only(
+    item: _Input, rows: _Rows, journal: Journal, cutoff: float | None, summary: RunSummary
+) -> None:
     fs = item.summary
     width = len(item.source.headers)
     for chunk in _chunks(item.source.rows(), _LOOKUP_BATCH):
