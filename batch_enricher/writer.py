@@ -30,7 +30,7 @@ import os
 import re
 import tempfile
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -113,9 +113,11 @@ def open_writer(
             f"cannot write {path.name!r}: output must end in .csv, .tsv or .xlsx"
         )
     fd, temp = _create_temp(path)
+    writer: Writer
+    fd_open = True
     try:
-        writer: Writer
         if suffix == ".xlsx":
+            fd_open = False
             os.close(fd)  # openpyxl reopens the file itself at commit
             writer = _XlsxWriter(
                 path,
@@ -127,11 +129,15 @@ def open_writer(
             )
         else:
             stream = open(fd, "w", encoding="utf-8-sig", newline="", buffering=1 << 20)  # noqa: SIM115
+            fd_open = False  # the stream owns it now, and the writer owns the stream
             writer = _CsvWriter(path, Path(temp), stream, _DELIMITERS[suffix], escape_formulas)
-        writer.write_row(headers)
     except BaseException:
+        if fd_open:
+            os.close(fd)
         _remove_quietly(Path(temp))
         raise
+    with _aborting_on_error(writer):
+        writer.write_row(headers)
     return writer
 
 
@@ -483,6 +489,15 @@ def _create_temp(target: Path) -> tuple[int, str]:
         ) from exc
     os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit, whatever the umask
     return fd, name
+
+
+@contextlib.contextmanager
+def _aborting_on_error(writer: Writer) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _remove_quietly(path: Path) -> None:
