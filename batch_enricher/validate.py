@@ -311,6 +311,11 @@ def _check_mobile(value: object) -> str | _Problem:
         raw = _cell_text(value)
         if isinstance(raw, _Problem):
             return raw
+        if _EXCEL_SCIENTIFIC_RE.match(normalise_idcard(raw)):  # before "." goes as a separator
+            return _Problem(
+                "must be 11 digits starting 13-19; "
+                "it is in scientific notation (a number formatted by Excel)"
+            )
         text = normalise_mobile(raw)
     if _MOBILE_RE.match(text):
         return text
@@ -321,8 +326,6 @@ def _mobile_problem(text: str) -> str:
     rule = "must be 11 digits starting 13-19"
     if not text:
         return "empty"
-    if _EXCEL_SCIENTIFIC_RE.match(text.upper()):
-        return f"{rule}; it is in scientific notation (a number formatted by Excel)"
     if not text.isascii() or not text.isdigit():
         return f"{rule}, got characters other than digits"
     if len(text) != 11:
