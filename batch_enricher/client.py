@@ -177,7 +177,7 @@ class Caller:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._policy.max_retries + 1),
             wait=wait_exponential_jitter(
-                initial=self._policy.initial,
+                multiplier=self._policy.initial,
                 max=self._policy.maximum,
                 jitter=self._policy.initial,
             ),
