@@ -24,7 +24,7 @@ import csv
 import datetime as dt
 import io
 import zipfile
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
@@ -81,7 +81,7 @@ class Source:
     delimiter: str | None = None  # csv only
     sheet: str | None = None  # xlsx/xls only: the sheet's name
 
-    def rows(self) -> Iterator[list[Cell]]:
+    def rows(self) -> Generator[list[Cell], None, None]:
         """Stream the non-empty rows after the header, from the top of the file each call."""
         records = self._records()
         try:
