@@ -443,3 +443,28 @@ def test_messages_never_show_cell_contents(tmp_path: Path) -> None:
         open_source(_write(tmp_path / "p.csv", text))
     assert secret not in str(caught.value)
     assert "张三" not in str(caught.value)
+
+
+# --- the committed samples ----------------------------------------------------------------------
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "distinct", "invalid"),
+    [("customers.csv", 41, 34, 6), ("customers.xlsx", 40, 35, 4)],
+)
+def test_sample_data_matches_its_readme(name: str, rows: int, distinct: int, invalid: int) -> None:
+    from batch_enricher.columns import find_columns
+    from batch_enricher.models import Invalid, Person
+    from batch_enricher.validate import check
+
+    source = open_source(SAMPLES / name)
+    columns = find_columns(source.headers)
+    results = [
+        check(row[columns.realname], row[columns.idcard], row[columns.mobile])
+        for row in source.rows()
+    ]
+    assert len(results) == rows
+    assert len({r for r in results if isinstance(r, Person)}) == distinct
+    assert sum(isinstance(r, Invalid) for r in results) == invalid
