@@ -99,8 +99,12 @@ EXPECTED_BANDS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 SEEN = web.AppKey("seen", list[str])
-REJECTIONS = {281501: "身份证号格式错误", 281502: "姓名格式错误", 281503: "手机号格式错误",
-              281505: "查询失败"}  # fmt: skip
+REJECTIONS = {
+    281501: "身份证号格式错误",
+    281502: "姓名格式错误",
+    281503: "手机号格式错误",
+    281505: "查询失败",
+}
 
 
 def _scripted_app(script: dict[str, dict[str, object]]) -> web.Application:
@@ -129,18 +133,38 @@ def _script() -> tuple[
         (r, rb), (h, hb), (s, sb) = (
             EXPECTED_BANDS[m][i] for m in ("range", "history", "stability")
         )
-        script[idcard] = {"reason": "成功", "error_code": 0,
-                          "result": {"orderid": f"JH{i:06d}", "range": r, "history": h, "stability": s}}  # fmt: skip
+        script[idcard] = {
+            "reason": "成功",
+            "error_code": 0,
+            "result": {"orderid": f"JH{i:06d}", "range": r, "history": h, "stability": s},
+        }
         people.append((name, idcard, mobile))
-        expected.append({"status": "ok", "error_code": "", "orderid": f"JH{i:06d}",
-                         "range_score": r, "range_band": rb, "history_score": h, "history_band": hb,
-                         "stability_score": s, "stability_band": sb})  # fmt: skip
+        expected.append(
+            {
+                "status": "ok",
+                "error_code": "",
+                "orderid": f"JH{i:06d}",
+                "range_score": r,
+                "range_band": rb,
+                "history_score": h,
+                "history_band": hb,
+                "stability_score": s,
+                "stability_band": sb,
+            }
+        )
     for j, (code, reason) in enumerate(REJECTIONS.items()):
         name, idcard, mobile = person(100 + j)
         script[idcard] = {"reason": reason, "error_code": code, "result": None}
         people.append((name, idcard, mobile))
-        expected.append({"status": "rejected", "error_code": str(code), "error_reason": reason,
-                         "orderid": "", "range_band": ""})  # fmt: skip
+        expected.append(
+            {
+                "status": "rejected",
+                "error_code": str(code),
+                "error_reason": reason,
+                "orderid": "",
+                "range_band": "",
+            }
+        )
     return people, script, expected
 
 
@@ -153,8 +177,9 @@ def test_every_row_gets_exactly_the_reference_band_csv(
     src = write_csv(tmp_path / "in.csv", rows, ("姓名", "身份证号", "手机号", "备注"))
     out = tmp_path / "out.csv"
 
-    result = run("enrich", str(src), "-o", str(out), "--key", "k", "--endpoint", server.url,
-                 *fast())  # fmt: skip
+    result = run(
+        "enrich", str(src), "-o", str(out), "--key", "k", "--endpoint", server.url, *fast()
+    )
 
     assert result.exit_code == 0, result.output
     got = read_csv(out)
@@ -182,8 +207,9 @@ def test_every_row_gets_exactly_the_reference_band_xlsx(
     wb.save(src)
     out = tmp_path / "out.xlsx"
 
-    result = run("enrich", str(src), "-o", str(out), "--key", "k", "--endpoint", server.url,
-                 *fast())  # fmt: skip
+    result = run(
+        "enrich", str(src), "-o", str(out), "--key", "k", "--endpoint", server.url, *fast()
+    )
 
     assert result.exit_code == 0, result.output
     sheet = openpyxl.load_workbook(out).worksheets[0]
@@ -207,9 +233,21 @@ def test_transient_faults_are_retried_until_every_row_is_final(
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
     summary = tmp_path / "summary.json"
 
-    result = run("enrich", str(src), "-o", str(tmp_path / "out.csv"), "--key", "k",
-                 "--endpoint", server.url, "--max-retries", "6", "--summary-json", str(summary),
-                 *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(src),
+        "-o",
+        str(tmp_path / "out.csv"),
+        "--key",
+        "k",
+        "--endpoint",
+        server.url,
+        "--max-retries",
+        "6",
+        "--summary-json",
+        str(summary),
+        *fast(),
+    )
 
     assert result.exit_code == 0, result.output
     statuses = {row["status"] for row in read_csv(tmp_path / "out.csv")}
@@ -231,8 +269,20 @@ def test_qps_is_never_exceeded_in_any_second_and_is_used_fully(
     people = [person(i) for i in range(70)]
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
 
-    result = run("enrich", str(src), "-o", str(tmp_path / "out.csv"), "--key", "k",
-                 "--endpoint", server.url, "--qps", "20", "--concurrency", "8")  # fmt: skip
+    result = run(
+        "enrich",
+        str(src),
+        "-o",
+        str(tmp_path / "out.csv"),
+        "--key",
+        "k",
+        "--endpoint",
+        server.url,
+        "--qps",
+        "20",
+        "--concurrency",
+        "8",
+    )
 
     assert result.exit_code == 0, result.output
     stats = server.stats
@@ -251,8 +301,17 @@ def test_rejections_are_final_and_never_retried(
     server = serve_app(_scripted_app(script))
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
 
-    result = run("enrich", str(src), "-o", str(tmp_path / "o.csv"), "--key", "k",
-                 "--endpoint", server.url, *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(src),
+        "-o",
+        str(tmp_path / "o.csv"),
+        "--key",
+        "k",
+        "--endpoint",
+        server.url,
+        *fast(),
+    )
 
     assert result.exit_code == 0, result.output
     assert len(server.app[SEEN]) == 4
@@ -264,15 +323,27 @@ def test_invalid_rows_are_never_sent_and_say_why(
 ) -> None:
     server = sandbox()
     good = person(1)
-    src = write_csv(tmp_path / "in.csv", [
-        list(good),
-        [good[0], good[1][:-1] + ("0" if good[1][-1] != "0" else "1"), good[2]],
-        ["", good[1], good[2]],
-        [good[0], good[1], "1381234567"],
-    ])  # fmt: skip
+    src = write_csv(
+        tmp_path / "in.csv",
+        [
+            list(good),
+            [good[0], good[1][:-1] + ("0" if good[1][-1] != "0" else "1"), good[2]],
+            ["", good[1], good[2]],
+            [good[0], good[1], "1381234567"],
+        ],
+    )
 
-    result = run("enrich", str(src), "-o", str(tmp_path / "o.csv"), "--key", "k",
-                 "--endpoint", server.url, *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(src),
+        "-o",
+        str(tmp_path / "o.csv"),
+        "--key",
+        "k",
+        "--endpoint",
+        server.url,
+        *fast(),
+    )
 
     assert result.exit_code == 0, result.output
     rows = read_csv(tmp_path / "o.csv")
@@ -307,12 +378,29 @@ def test_key_from_config_file_and_env_precedence(
 
     from_file = run("enrich", str(src), "--config", str(config), "-o", str(tmp_path / "a.csv"))
     assert from_file.exit_code == 4, "the config's wrong key was used"
-    from_env = run("enrich", str(src), "--config", str(config), "-o", str(tmp_path / "b.csv"),
-                   env={"JUHE_API_KEY": "right"})  # fmt: skip
+    from_env = run(
+        "enrich",
+        str(src),
+        "--config",
+        str(config),
+        "-o",
+        str(tmp_path / "b.csv"),
+        env={"JUHE_API_KEY": "right"},
+    )
     assert from_env.exit_code == 0, from_env.output
-    from_flag = run("enrich", str(src), "--config", str(config), "-o", str(tmp_path / "c.csv"),
-                    "--key", "wrong", "--max-age", "0",
-                    env={"JUHE_API_KEY": "right"})  # fmt: skip
+    from_flag = run(
+        "enrich",
+        str(src),
+        "--config",
+        str(config),
+        "-o",
+        str(tmp_path / "c.csv"),
+        "--key",
+        "wrong",
+        "--max-age",
+        "0",
+        env={"JUHE_API_KEY": "right"},
+    )
     assert from_flag.exit_code == 4, "the flag beats the environment"
     assert "10001" in from_flag.output and "wrong" not in from_flag.output
 

@@ -147,8 +147,14 @@ def test_messy_values_are_sent_normalised_and_rounded_ids_never_sent(
 
 def test_validate_sends_nothing_and_counts_problems(tmp_path: Path, run: Run) -> None:
     good = [list(person(i)) for i in range(3)]
-    src = write_csv(tmp_path / "in.csv", [*good, ["", person(5)[1], person(5)[2]],
-                                          [person(6)[0], "110101199002301234", person(6)[2]]])  # fmt: skip
+    src = write_csv(
+        tmp_path / "in.csv",
+        [
+            *good,
+            ["", person(5)[1], person(5)[2]],
+            [person(6)[0], "110101199002301234", person(6)[2]],
+        ],
+    )
     report = tmp_path / "report.csv"
 
     result = run("validate", str(src), "-o", str(report))
@@ -244,8 +250,10 @@ def test_ragged_rows_get_a_reason_not_a_crash(
     server = sandbox()
     n, i, m = person(1)
     src = tmp_path / "ragged.csv"
-    src.write_text(f"姓名,身份证号,手机号,备注\n{n},{i},{m},a\n{n},{i}\n{n},{i},{m},b,extra,more\n",
-                   encoding="utf-8")  # fmt: skip
+    src.write_text(
+        f"姓名,身份证号,手机号,备注\n{n},{i},{m},a\n{n},{i}\n{n},{i},{m},b,extra,more\n",
+        encoding="utf-8",
+    )
 
     result = _enrich(run, server, str(src), "-o", str(tmp_path / "o.csv"))
 

@@ -34,16 +34,33 @@ def test_verbose_log_holds_no_id_mobile_name_or_key(
     server = sandbox(key=KEY, fault_rate=0.3, seed=3)
     people = _people(30)
     bad = [
-        ["赵六", people[0][1][:-1] + "0" if people[0][1][-1] != "0" else people[0][1][:-1] + "1",
-         "13912345678"],
+        [
+            "赵六",
+            people[0][1][:-1] + "0" if people[0][1][-1] != "0" else people[0][1][:-1] + "1",
+            "13912345678",
+        ],
         ["钱七", "110101199003078039", "1391234567"],
         ["孙八", "11010119900307803X", "+86 139-1234-5679"],
-    ]  # fmt: skip
+    ]
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people] + bad)
     log = tmp_path / "run.log"
 
-    result = run("enrich", str(src), "-o", str(tmp_path / "out.csv"), "-v", "--log-file", str(log),
-                 "--key", KEY, "--endpoint", server.url, "--max-retries", "8", *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(src),
+        "-o",
+        str(tmp_path / "out.csv"),
+        "-v",
+        "--log-file",
+        str(log),
+        "--key",
+        KEY,
+        "--endpoint",
+        server.url,
+        "--max-retries",
+        "8",
+        *fast(),
+    )
 
     assert result.exit_code == 0, result.output
     assert server.stats.requests > len(people), "faults were injected, so retries were logged"
@@ -66,8 +83,9 @@ def test_journal_files_hold_no_plaintext_and_are_private(
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
     out = tmp_path / "out.xlsx"
 
-    result = run("enrich", str(src), "-o", str(out), "--key", KEY, "--endpoint", server.url,
-                 *fast())  # fmt: skip
+    result = run(
+        "enrich", str(src), "-o", str(out), "--key", KEY, "--endpoint", server.url, *fast()
+    )
 
     assert result.exit_code == 0, result.output
     files = [p for p in state.parent.iterdir() if p.is_file()]
@@ -101,8 +119,17 @@ def test_every_request_is_a_form_post_with_our_user_agent(
     server = serve_app(app)
     src = write_csv(tmp_path / "in.csv", [list(p) for p in _people(10)])
 
-    result = run("enrich", str(src), "-o", str(tmp_path / "o.csv"), "--key", KEY,
-                 "--endpoint", server.url, *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(src),
+        "-o",
+        str(tmp_path / "o.csv"),
+        "--key",
+        KEY,
+        "--endpoint",
+        server.url,
+        *fast(),
+    )
 
     assert result.exit_code == 0, result.output
     stats = server.stats
@@ -126,8 +153,17 @@ def test_xlsx_output_has_no_formula_cell(
 ) -> None:
     server = sandbox()
     out = tmp_path / "out.xlsx"
-    result = run("enrich", str(_formula_input(tmp_path)), "-o", str(out), "--key", KEY,
-                 "--endpoint", server.url, *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(_formula_input(tmp_path)),
+        "-o",
+        str(out),
+        "--key",
+        KEY,
+        "--endpoint",
+        server.url,
+        *fast(),
+    )
     assert result.exit_code == 0, result.output
     sheet = openpyxl.load_workbook(out).worksheets[0]
     cells = [c for row in sheet.iter_rows() for c in row]
@@ -143,8 +179,17 @@ def test_csv_output_has_no_cell_starting_like_a_formula(
 ) -> None:
     server = sandbox()
     out = tmp_path / "out.csv"
-    result = run("enrich", str(_formula_input(tmp_path)), "-o", str(out), "--key", KEY,
-                 "--endpoint", server.url, *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(_formula_input(tmp_path)),
+        "-o",
+        str(out),
+        "--key",
+        KEY,
+        "--endpoint",
+        server.url,
+        *fast(),
+    )
     assert result.exit_code == 0, result.output
     with out.open(encoding="utf-8-sig", newline="") as fh:
         cells = [cell for row in csv.reader(fh) for cell in row]
@@ -152,8 +197,18 @@ def test_csv_output_has_no_cell_starting_like_a_formula(
     assert "'=1+1" in cells and "'=备注" in cells
 
     plain = tmp_path / "plain.csv"
-    result = run("enrich", str(_formula_input(tmp_path)), "-o", str(plain), "--key", KEY,
-                 "--endpoint", server.url, "--no-escape-formulas", *fast())  # fmt: skip
+    result = run(
+        "enrich",
+        str(_formula_input(tmp_path)),
+        "-o",
+        str(plain),
+        "--key",
+        KEY,
+        "--endpoint",
+        server.url,
+        "--no-escape-formulas",
+        *fast(),
+    )
     assert result.exit_code == 0, result.output
     with plain.open(encoding="utf-8-sig", newline="") as fh:
         assert "=1+1" in [cell for row in csv.reader(fh) for cell in row]
@@ -206,8 +261,15 @@ def test_insecure_warns_loudly(tmp_path: Path, run: Run) -> None:
 def test_log_filter_scrubs_what_slips_through() -> None:
     import logging
 
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "id %s tel %s key %s",
-                               ("11010119900307803X", "13812345678", KEY), None)  # fmt: skip
+    record = logging.LogRecord(
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        "id %s tel %s key %s",
+        ("11010119900307803X", "13812345678", KEY),
+        None,
+    )
     PiiFilter((KEY,)).filter(record)
     assert record.getMessage() == "id 110***********803X tel 138****5678 key ***"
     assert scrub("身份证110101199003078") == "身份证110********3078"
