@@ -20,10 +20,15 @@ from batch_enricher.writer import open_writer
 
 REPORT_COLUMNS: Final = ("status", "error_code", "error_reason")
 
-# Problems are counted by kind: numbers and quoted characters in a reason are the row's own
-# detail (a birth date, a length, a character), so they are folded to keep the counts short
-# and to keep personal details off the terminal.
-_DETAIL_RE: Final = re.compile(r"\d+|'[^']*'|U\+[0-9A-F]+")
+# Problems are counted by kind: a reason's row-specific details (a birth date, the expected
+# check digit, a quoted character, a length) are folded so rows with the same problem count
+# together and no personal detail reaches the terminal. The rules' own numbers stay.
+_FOLDS: Final = (
+    (re.compile(r"\b\d{4}-\d{2}-\d{2}\b"), "YYYY-MM-DD"),
+    (re.compile(r"should be [0-9X]\b"), "should be ?"),
+    (re.compile(r"got \d+"), "got N"),
+    (re.compile(r"'[^']*'|U\+[0-9A-F]{4,6}"), "…"),
+)
 
 
 @dataclass
@@ -55,9 +60,11 @@ def problem_kind(reason: str) -> str:
     """A reason with its row-specific details folded, for counting.
 
     >>> problem_kind("身份证号格式错误: birth date 1990-02-30 does not exist")
-    '身份证号格式错误: birth date N-N-N does not exist'
+    '身份证号格式错误: birth date YYYY-MM-DD does not exist'
     """
-    return _DETAIL_RE.sub(lambda m: "N" if m.group(0)[0].isdigit() else "…", reason)
+    for pattern, replacement in _FOLDS:
+        reason = pattern.sub(replacement, reason)
+    return reason
 
 
 def validate_file(

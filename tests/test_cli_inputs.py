@@ -162,6 +162,8 @@ def test_validate_sends_nothing_and_counts_problems(tmp_path: Path, run: Run) ->
     assert result.exit_code == 3, result.output
     assert "5 row(s): 3 valid, 2 invalid" in result.output
     assert "nothing was sent" in result.output
+    assert "1  身份证号格式错误: birth date YYYY-MM-DD does not exist" in result.output
+    assert "1990-02-30" not in result.output, "row details stay off the terminal"
     rows = read_csv(report)
     assert [r["status"] for r in rows] == ["valid"] * 3 + ["invalid"] * 2
     assert rows[4]["error_code"] == "281501"
