@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from click.core import ParameterSource
 
-from batch_enricher import __version__, bands, codes
+from batch_enricher import __version__, bands
 from batch_enricher.client import DEFAULT_ENDPOINT, RetryPolicy
 from batch_enricher.config import ENV, load_config, parse_duration
 from batch_enricher.errors import EnricherError
@@ -353,7 +353,11 @@ def enrich(
             lock_timeout=lock_timeout,
             band_tables=ctx.meta.get("band_tables", dict(bands.DEFAULT_TABLES)),
         )
-        summary = run_enrich(options, make_progress(quiet=quiet))
+        progress = make_progress(quiet=quiet)
+        try:
+            summary = run_enrich(options, progress)
+        finally:
+            progress.close()  # an error message must not land on the bar's line
     except EnricherError as exc:
         _fail(exc, secrets)
     if summary_json is not None:
@@ -482,21 +486,15 @@ def sandbox(
 
 @cli.command(name="codes")
 def codes_command() -> None:
-    """Show the API's error codes, what the tool does with each, and the score bands.
+    """Show the API's error codes, what the tool does with each, and the score band tables.
 
     \b
     Example:
         batch-enricher codes
     """
-    click.echo("error_code  what batch-enricher does  reason (from the API reference)")
-    for code, reason in codes.REASONS.items():
-        click.echo(f"{code:<11} {codes.kind_of(code).value:<25} {reason}")
-    for model in bands.MODELS:
-        click.echo(f"\n{model} score → band")
-        for low, high, label in bands.DEFAULT_TABLES[model]:
-            span = str(low) if low == high else f"{low}-{high}"
-            click.echo(f"  {span:<8} {label}")
-        click.echo(f"  {'other':<8} {bands.UNMAPPED}")
+    from batch_enricher.report import format_codes
+
+    click.echo(format_codes())
 
 
 @cli.command()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Mapping
+from typing import Final, TextIO
 
 from tqdm import tqdm
 
@@ -24,8 +24,15 @@ class Progress:
     def phase(self, name: str) -> None:
         """A new phase began: planning, calling, writing."""
 
-    def start(self, total_rows: int, done_rows: int, calls: int) -> None:
-        """Calling begins: `done_rows` of `total_rows` are already final; `calls` to make."""
+    def start(
+        self,
+        total_rows: int,
+        done_rows: int,
+        calls: int,
+        *,
+        already: Mapping[Status, int] | None = None,
+    ) -> None:
+        """Calling begins: `done_rows` of `total_rows` are final (`already`: by status); `calls`."""
 
     def advance(self, rows: int, status: Status, *, billed: bool) -> None:
         """One person was answered (or failed); they stand for `rows` rows."""
@@ -39,20 +46,34 @@ class Progress:
 
 NullProgress = Progress
 
+#: Statuses in the live counts; `skipped` is only decided after calling ends, so it is left out.
+_SHOWN: Final = (Status.OK, Status.INVALID, Status.REJECTED, Status.FAILED)
+
 
 class _Counting(Progress):
-    def __init__(self) -> None:
+    """Keeps the counts both displays show; `clock` is injectable so tests need not sleep."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self.total = 0
         self.done = 0
         self.calls = 0
         self.answered = 0
         self.billed = 0
         self.counts: Counter[Status] = Counter()
-        self.started = time.monotonic()
+        self.started = clock()
 
-    def start(self, total_rows: int, done_rows: int, calls: int) -> None:
+    def start(
+        self,
+        total_rows: int,
+        done_rows: int,
+        calls: int,
+        *,
+        already: Mapping[Status, int] | None = None,
+    ) -> None:
         self.total, self.done, self.calls = total_rows, done_rows, calls
-        self.started = time.monotonic()
+        self.counts.update(already or {})
+        self.started = self._clock()
 
     def advance(self, rows: int, status: Status, *, billed: bool) -> None:
         self.done += rows
@@ -62,10 +83,8 @@ class _Counting(Progress):
 
     def _counts_text(self) -> str:
         c = self.counts
-        return (
-            f"ok {c[Status.OK]} · rejected {c[Status.REJECTED]} · failed {c[Status.FAILED]}"
-            f" · billed {self.billed}"
-        )
+        shown = " · ".join(f"{status.value} {c[status]}" for status in _SHOWN)
+        return f"{shown} · billed {self.billed}"
 
 
 class BarProgress(_Counting):
@@ -76,8 +95,19 @@ class BarProgress(_Counting):
         self._stream = stream
         self._bar: tqdm[None] | None = None
 
-    def start(self, total_rows: int, done_rows: int, calls: int) -> None:
-        super().start(total_rows, done_rows, calls)
+    def phase(self, name: str) -> None:
+        self.close()  # the bar is complete once calling ends; the next phase gets its own line
+        print(f"batch-enricher: {name}", file=self._stream, flush=True)
+
+    def start(
+        self,
+        total_rows: int,
+        done_rows: int,
+        calls: int,
+        *,
+        already: Mapping[Status, int] | None = None,
+    ) -> None:
+        super().start(total_rows, done_rows, calls, already=already)
         self._bar = tqdm(
             total=total_rows,
             initial=done_rows,
@@ -117,18 +147,24 @@ class LineProgress(_Counting):
         interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__()
+        super().__init__(clock)
         self._stream = stream
         self._interval = interval
-        self._clock = clock
         self._last = 0.0
 
     def phase(self, name: str) -> None:
         print(f"batch-enricher: {name}", file=self._stream, flush=True)
 
-    def start(self, total_rows: int, done_rows: int, calls: int) -> None:
-        super().start(total_rows, done_rows, calls)
-        self._last = self._clock()
+    def start(
+        self,
+        total_rows: int,
+        done_rows: int,
+        calls: int,
+        *,
+        already: Mapping[Status, int] | None = None,
+    ) -> None:
+        super().start(total_rows, done_rows, calls, already=already)
+        self._last = self.started
         print(
             f"batch-enricher: {total_rows} row(s), {done_rows} already final, "
             f"{calls} call(s) to make",
@@ -148,16 +184,26 @@ class LineProgress(_Counting):
         elapsed = max(now - self.started, 1e-9)
         rate = self.answered / elapsed
         left = self.calls - self.answered
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        eta = _clock_text(left / rate) if rate > 0 else "?"
         share = 100.0 * self.done / self.total if self.total else 100.0
         return (
             f"progress: {self.done}/{self.total} rows ({share:.1f}%), "
-            f"{self.answered}/{self.calls} calls, {rate:.1f} calls/s, ETA {eta}; "
-            f"{self._counts_text()}"
+            f"{self.answered}/{self.calls} calls, {rate:.1f} calls/s, "
+            f"elapsed {_clock_text(elapsed)}, ETA {eta}; {self._counts_text()}"
         )
 
     def note(self, message: str) -> None:
         print(message, file=self._stream, flush=True)
+
+
+def _clock_text(seconds: float) -> str:
+    """A duration as a log reader takes it in at a glance: `42s`, `5m03s`, `2h07m`."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def make_progress(*, quiet: bool, stream: TextIO | None = None) -> Progress:

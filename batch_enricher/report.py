@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 from batch_enricher import bands as bands_mod
+from batch_enricher import codes as codes_mod
 from batch_enricher.models import Status
 from batch_enricher.summary import FileSummary, RunSummary
 from batch_enricher.writer import SummarySheet
@@ -56,8 +59,63 @@ _LABELS: Final[dict[str, dict[str, str]]] = {
 }
 
 
+#: What a reply's kind means for the row (its status) and for the run, for `codes`.
+_KIND_EFFECT: Final[dict[codes_mod.Kind, tuple[str, str]]] = {
+    codes_mod.Kind.OK: ("ok", "billed; kept in the journal and reused on reruns"),
+    codes_mod.Kind.REJECTED: ("rejected", "final for this person: not billed, never retried"),
+    codes_mod.Kind.TRANSIENT: ("failed", "retried with backoff; failed if it persists"),
+    codes_mod.Kind.RATE_LIMITED: ("failed", "retried; also slows the shared rate down"),
+    codes_mod.Kind.QUOTA: ("skipped", "retried; if it persists, sending stops (exit 3)"),
+    codes_mod.Kind.ACCOUNT: ("skipped", "aborts the run at once, nothing more sent (exit 4)"),
+}
+_UNKNOWN_EFFECT: Final = ("failed", "treated as transient: retried, never billed")
+
+#: Each model's name in the reference, and where its table departs from the obvious.
+_MODEL_NAMES: Final = {
+    "range": "预测模型评分",
+    "history": "历史属性模型评分",
+    "stability": "稳定性模型评分",
+}
+_BAND_NOTES: Final = {
+    "range": "as published: 20-29 repeats (0,1500], and no score gives (1500,4500]",
+    "history": 'as published but for the parenthesis: the reference prints 90-99 as "120，180]"',
+    "stability": "as published: no band for 1-19",
+}
+
+
+def format_codes() -> str:
+    """The `codes` text: every error code with its status, effect and reason; the band tables."""
+    effects = [*_KIND_EFFECT.values(), _UNKNOWN_EFFECT]
+    width = max(len(effect) for _, effect in effects)
+    lines = [
+        "Error codes: the row's status, what batch-enricher does, the API reference's reason",
+        "",
+        f"  {'code':<7} {'status':<9} {'what batch-enricher does':<{width}}  reason",
+    ]
+    for code, reason in codes_mod.REASONS.items():
+        status, effect = _KIND_EFFECT[codes_mod.kind_of(code)]
+        legacy = codes_mod.LEGACY_RESULTCODES.get(code)
+        old = f" (resultcode {legacy})" if legacy is not None else ""
+        lines.append(f"  {code:<7} {status:<9} {effect:<{width}}  {reason}{old}")
+    status, effect = _UNKNOWN_EFFECT
+    lines.append(f"  {'other':<7} {status:<9} {effect:<{width}}  (undocumented)")
+    lines += [
+        "",
+        f"  {codes_mod.INVALID_IDCARD}-{codes_mod.INVALID_MOBILE} also mark rows that fail the "
+        "local checks (status invalid): those are never sent.",
+    ]
+    for model in bands_mod.MODELS:
+        lines += ["", f"{model} ({_MODEL_NAMES[model]}): score → band"]
+        for low, high, label in bands_mod.DEFAULT_TABLES[model]:
+            span = str(low) if low == high else f"{low}-{high}"
+            lines.append(f"  {span:<6} {label}")
+        lines.append(f"  {'other':<6} {bands_mod.UNMAPPED}")
+        lines.append(f"  ({_BAND_NOTES[model]})")
+    return "\n".join(lines)
+
+
 def format_summary(summary: RunSummary) -> str:
-    """The closing lines printed on stderr."""
+    """The closing lines printed on stderr: per file, then the run's counts, time and rate."""
     lines: list[str] = []
     if summary.dry_run:
         lines.append(
@@ -72,19 +130,28 @@ def format_summary(summary: RunSummary) -> str:
             f"({meaning})"
         )
     for f in summary.files:
-        counts = " · ".join(f"{s.value} {f.statuses[s]}" for s in Status)
         target = f" → {f.output}" if f.output and not summary.dry_run else ""
-        lines.append(f"  {f.input}: {f.rows} row(s): {counts}{target}")
+        lines.append(f"  {f.input}: {f.rows} row(s): {_status_counts(f.statuses)}{target}")
+    if len(summary.files) > 1:
+        total = Counter({s: summary.count(s) for s in Status})
+        lines.append(
+            f"  all {len(summary.files)} files: {summary.rows} row(s): {_status_counts(total)}"
+        )
     if not summary.dry_run:
-        rate = summary.api_calls / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+        elapsed = summary.elapsed_s
+        rate = summary.api_calls / elapsed if elapsed > 0 else 0.0
         lines.append(
             f"  people {summary.identities} · billed {summary.billed} · reused {summary.reused}"
             f" · duplicates {summary.duplicates} · API calls {summary.api_calls}"
-            f" · retries {summary.retries} · {rate:.1f} calls/s"
+            f" · retries {summary.retries} · elapsed {elapsed:.1f} s · {rate:.1f} calls/s"
         )
     if summary.stop_reason:
         lines.append(f"  stopped early: {summary.stop_reason}")
     return "\n".join(lines)
+
+
+def _status_counts(counts: Mapping[Status, int]) -> str:
+    return " · ".join(f"{s.value} {counts.get(s, 0)}" for s in Status)
 
 
 def summary_sheet(file: FileSummary, run: RunSummary, lang: str = "en") -> SummarySheet:
@@ -99,16 +166,19 @@ def summary_sheet(file: FileSummary, run: RunSummary, lang: str = "en") -> Summa
         (labels["reused"], run.reused),
         (labels["duplicates"], run.duplicates),
         (labels["api_calls"], run.api_calls),
-        (labels["elapsed_s"], round(run.elapsed_s, 1)),
+        # Written before the run ends: the time so far (the run's last step is writing).
+        (labels["elapsed_s"], round(run.elapsed_now(), 1)),
     ]
     charts: list[tuple[str, list[tuple[str, int]]]] = []
     for model in bands_mod.MODELS:
         counts = file.bands.get(model)
         if not counts:
             continue
+        # Every documented band in table order, empty ones too, so charts compare across runs;
+        # anything else seen (unmapped, overridden labels) follows.
         order = list(dict.fromkeys(label for _, _, label in bands_mod.DEFAULT_TABLES[model]))
-        order += sorted(b for b in counts if b not in order)
-        charts.append((labels[model], [(b, counts[b]) for b in order if counts[b]]))
+        order += sorted(b for b in counts if b not in order and counts[b])
+        charts.append((labels[model], [(b, counts[b]) for b in order]))
     return SummarySheet(title=labels["title"], rows=rows, charts=charts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,17 @@ class RunSummary:
     max_billable: int = 0  # dry run: the most that could be billed
     stop_reason: str | None = None
     abort_code: int | None = None
+    #: monotonic clock at creation, so a report made mid-run can say how long the run has taken
+    started: float = field(default_factory=time.monotonic, repr=False, compare=False)
 
     @property
     def rows(self) -> int:
         """Rows over all input files."""
         return sum(f.rows for f in self.files)
+
+    def elapsed_now(self) -> float:
+        """Seconds the run took: `elapsed_s` once it is over, the time so far before that."""
+        return self.elapsed_s or time.monotonic() - self.started
 
     def count(self, status: Status) -> int:
         """Rows with `status` over all input files."""
