@@ -1,0 +1,108 @@
+"""Progress displays: plain periodic lines for logs, a live bar for terminals, silence with -q."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from batch_enricher.models import Status
+from batch_enricher.progress import BarProgress, LineProgress, NullProgress, make_progress
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTerminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+PROGRESS_LINE = re.compile(
+    r"progress: \d+/\d+ rows \(\d+\.\d%\), \d+/\d+ calls, \d+\.\d calls/s, "
+    r"elapsed \w+, ETA \w+; ok \d+ · invalid \d+ · rejected \d+ · failed \d+ · billed \d+"
+)
+
+
+def _progress_lines(stream: io.StringIO) -> list[str]:
+    return [line for line in stream.getvalue().splitlines() if line.startswith("progress:")]
+
+
+def test_line_progress_prints_one_line_per_interval_with_counts_only() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    progress = LineProgress(out, interval=10.0, clock=clock)
+    progress.start(100, 4, 96, already={Status.INVALID: 4})
+
+    for second in range(1, 36):  # one person answered per second for 35 s
+        clock.now += 1
+        status = Status.REJECTED if second % 5 == 0 else Status.OK
+        progress.advance(1, status, billed=status is Status.OK)
+
+    lines = _progress_lines(out)
+    assert len(lines) == 3, out.getvalue()  # at 10 s, 20 s and 30 s; not at 35 s
+    assert all(PROGRESS_LINE.fullmatch(line) for line in lines), lines
+    assert lines[-1] == (
+        "progress: 34/100 rows (34.0%), 30/96 calls, 1.0 calls/s, elapsed 30s, ETA 1m06s; "
+        "ok 24 · invalid 4 · rejected 6 · failed 0 · billed 24"
+    )
+    assert "\r" not in out.getvalue()
+
+
+def test_line_progress_stays_quiet_between_intervals() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    progress = LineProgress(out, interval=30.0, clock=clock)
+    progress.start(10, 0, 10)
+    for _ in range(10):
+        clock.now += 2.9  # 29 s in all: under one interval
+        progress.advance(1, Status.OK, billed=True)
+    assert _progress_lines(out) == []
+    assert out.getvalue().splitlines() == [
+        "batch-enricher: 10 row(s), 0 already final, 10 call(s) to make"
+    ]
+
+
+def test_long_eta_reads_as_hours_and_minutes() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    progress = LineProgress(out, interval=1.0, clock=clock)
+    progress.start(100_000, 0, 100_000)
+    for _ in range(10):  # 1 call/s: 99,990 calls, so as many seconds, to go
+        clock.now += 1
+        progress.advance(1, Status.OK, billed=True)
+    assert "elapsed 10s, ETA 27h46m;" in _progress_lines(out)[-1]
+
+
+def test_bar_redraws_in_place_with_fraction_and_live_counts() -> None:
+    out = FakeTerminal()
+    progress = BarProgress(out)
+    progress.start(50, 10, 40, already={Status.INVALID: 10})
+    for _ in range(40):
+        progress.advance(1, Status.OK, billed=True)
+    progress.close()
+    text = out.getvalue()
+    assert text.count("\r") >= 2
+    assert "50/50" in text and "100%" in text
+    assert "ok 40 · invalid 10 · rejected 0 · failed 0 · billed 40" in text
+
+
+def test_bar_phase_after_calling_ends_the_bar_and_names_the_phase() -> None:
+    out = FakeTerminal()
+    progress = BarProgress(out)
+    progress.start(2, 0, 2)
+    progress.advance(2, Status.OK, billed=True)
+    progress.phase("writing")
+    assert out.getvalue().endswith("\nbatch-enricher: writing\n")
+
+
+def test_make_progress_picks_bar_lines_or_nothing() -> None:
+    assert type(make_progress(quiet=False, stream=FakeTerminal())) is BarProgress
+    assert type(make_progress(quiet=False, stream=io.StringIO())) is LineProgress
+    silent = make_progress(quiet=True, stream=FakeTerminal())
+    assert type(silent) is NullProgress
