@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import ssl
@@ -510,12 +511,16 @@ async def enrich_async(
                 outcomes = await _dispatch(options, plan, journal, summary, control, progress)
             progress.phase("writing")
             skip_reason = _skip_reason(control)
+            # The journal keeps when an answer came as `queried_at`, to the whole second, so an
+            # answer from this run's first second would look older than the exact cutoff (and
+            # with --max-age 0 its row would come out `skipped`). Compare at that resolution.
+            write_cutoff = None if cutoff is None else math.floor(cutoff)
             for item in inputs:
                 _write(
                     item,
                     rows,
                     journal,
-                    cutoff,
+                    write_cutoff,
                     outcomes,
                     skip_reason,
                     options,
