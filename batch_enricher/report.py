@@ -167,7 +167,7 @@ def summary_sheet(file: FileSummary, run: RunSummary, lang: str = "en") -> Summa
         (labels["duplicates"], run.duplicates),
         (labels["api_calls"], run.api_calls),
         # Written before the run ends: the time so far (the run's last step is writing).
-        (labels["elapsed_s"], round(run.elapsed_now(), 1)),
+        (labels["elapsed_s"], round(run.elapsed_now(), 3)),
     ]
     charts: list[tuple[str, list[tuple[str, int]]]] = []
     for model in bands_mod.MODELS:
