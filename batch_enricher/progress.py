@@ -48,6 +48,7 @@ NullProgress = Progress
 
 #: Statuses in the live counts; `skipped` is only decided after calling ends, so it is left out.
 _SHOWN: Final = (Status.OK, Status.INVALID, Status.REJECTED, Status.FAILED)
+_SHOWN_WITHOUT_INVALID: Final = tuple(s for s in _SHOWN if s is not Status.INVALID)
 
 
 class _Counting(Progress):
@@ -62,6 +63,7 @@ class _Counting(Progress):
         self.billed = 0
         self.counts: Counter[Status] = Counter()
         self.started = clock()
+        self._shown: tuple[Status, ...] = _SHOWN
 
     def start(
         self,
@@ -73,6 +75,8 @@ class _Counting(Progress):
     ) -> None:
         self.total, self.done, self.calls = total_rows, done_rows, calls
         self.counts.update(already or {})
+        # Invalid rows are only known from `already`: without it a live "invalid 0" would lie.
+        self._shown = _SHOWN if already is not None else _SHOWN_WITHOUT_INVALID
         self.started = self._clock()
 
     def advance(self, rows: int, status: Status, *, billed: bool) -> None:
@@ -83,7 +87,7 @@ class _Counting(Progress):
 
     def _counts_text(self) -> str:
         c = self.counts
-        shown = " · ".join(f"{status.value} {c[status]}" for status in _SHOWN)
+        shown = " · ".join(f"{status.value} {c[status]}" for status in self._shown)
         return f"{shown} · billed {self.billed}"
 
 

@@ -28,7 +28,7 @@ class FakeTerminal(io.StringIO):
 
 PROGRESS_LINE = re.compile(
     r"progress: \d+/\d+ rows \(\d+\.\d%\), \d+/\d+ calls, \d+\.\d calls/s, "
-    r"elapsed \w+, ETA \w+; ok \d+ · invalid \d+ · rejected \d+ · failed \d+ · billed \d+"
+    r"elapsed \w+, ETA \w+; ok \d+ · (invalid \d+ · )?rejected \d+ · failed \d+ · billed \d+"
 )
 
 
@@ -67,6 +67,15 @@ def test_line_progress_stays_quiet_between_intervals() -> None:
     assert out.getvalue().splitlines() == [
         "batch-enricher: 10 row(s), 0 already final, 10 call(s) to make"
     ]
+
+
+def test_invalid_count_is_left_out_when_the_caller_does_not_know_it() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    progress = LineProgress(out, interval=1.0, clock=clock)
+    progress.start(3, 1, 2)  # one row final already, status unknown
+    clock.now += 1
+    progress.advance(1, Status.OK, billed=True)
+    assert _progress_lines(out)[-1].endswith("; ok 1 · rejected 0 · failed 0 · billed 1")
 
 
 def test_long_eta_reads_as_hours_and_minutes() -> None:
