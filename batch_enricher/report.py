@@ -154,8 +154,16 @@ def _status_counts(counts: Mapping[Status, int]) -> str:
     return " · ".join(f"{s.value} {counts.get(s, 0)}" for s in Status)
 
 
-def summary_sheet(file: FileSummary, run: RunSummary, lang: str = "en") -> SummarySheet:
-    """The Summary sheet of one output workbook: its own row counts, the run's, and band charts."""
+def summary_sheet(
+    file: FileSummary,
+    run: RunSummary,
+    lang: str = "en",
+    tables: Mapping[str, bands_mod.Table] = bands_mod.DEFAULT_TABLES,
+) -> SummarySheet:
+    """The Summary sheet of one output workbook: its own row counts, the run's, and band charts.
+
+    `tables` (the run's band tables, config overrides included) give the bands' order.
+    """
     labels = _LABELS[lang]
     rows: list[tuple[str, object]] = [
         (labels["input"], file.input.name),
@@ -176,7 +184,7 @@ def summary_sheet(file: FileSummary, run: RunSummary, lang: str = "en") -> Summa
             continue
         # Every documented band in table order, empty ones too, so charts compare across runs;
         # anything else seen (unmapped, overridden labels) follows.
-        order = list(dict.fromkeys(label for _, _, label in bands_mod.DEFAULT_TABLES[model]))
+        order = list(dict.fromkeys(label for _, _, label in tables[model]))
         order += sorted(b for b in counts if b not in order and counts[b])
         charts.append((labels[model], [(b, counts[b]) for b in order]))
     return SummarySheet(title=labels["title"], rows=rows, charts=charts)
