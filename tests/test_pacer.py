@@ -99,7 +99,7 @@ async def test_first_grants_are_spaced_not_burst() -> None:
     assert times[0] == 0.0  # the very first request goes at once
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap >= 0.1 for gap in gaps)
-    assert all(gap == pytest.approx(0.1, rel=0.01) for gap in gaps)
+    assert all(gap == pytest.approx(0.1 * SPACING_MARGIN) for gap in gaps)
 
 
 async def test_late_wake_up_does_not_let_the_next_grant_catch_up() -> None:
@@ -116,7 +116,7 @@ async def test_late_wake_up_does_not_let_the_next_grant_catch_up() -> None:
 async def test_fractional_rates() -> None:
     clock = FakeClock()
     times = await _grants(_pacer(0.5, clock), clock, 4)
-    assert times == pytest.approx([0.0, 2.0, 4.0, 6.0], rel=0.01)
+    assert times == pytest.approx([0.0, 2.0, 4.0, 6.0], rel=SPACING_MARGIN - 1 + 1e-9)
     assert min(b - a for a, b in itertools.pairwise(times)) >= 2.0
 
 
@@ -200,7 +200,7 @@ async def test_concurrent_acquirers_stay_within_the_limit_and_are_fifo() -> None
     await asyncio.gather(*(worker(i) for i in range(50)))
     assert order == list(range(50))
     assert _max_in_any_window(times) <= 10
-    assert times[-1] == pytest.approx(4.9, rel=0.01)
+    assert times[-1] == pytest.approx(4.9 * SPACING_MARGIN)
 
 
 async def test_cancelled_waiter_does_not_take_or_corrupt_a_slot() -> None:
@@ -222,14 +222,15 @@ async def test_cancelled_waiter_does_not_take_or_corrupt_a_slot() -> None:
     await _settle()
     assert sleeping.cancelled()
     assert queued.cancelled()
-    await clock.advance(0.1002)  # the one slot after "first", at 0.1 * SPACING_MARGIN
+    slot = 0.1 * SPACING_MARGIN  # the one slot after "first"
+    await clock.advance(slot)
     assert behind.done()
-    assert granted == [("first", 0.0), ("behind", 0.1002)]
+    assert granted == [("first", 0.0), ("behind", pytest.approx(slot))]
     # And the pacer keeps working at its rate afterwards.
     later = asyncio.create_task(worker("later"))
     await _settle()
     assert not later.done()
-    await clock.advance(0.101)
+    await clock.advance(slot)
     await later
     assert granted[-1][1] - granted[-2][1] >= 0.1
 
@@ -240,10 +241,10 @@ async def test_slow_down_while_waiting_moves_the_slot() -> None:
     await pacer.acquire()
     waiter = asyncio.create_task(pacer.acquire())
     await _settle()
-    pacer.slow_down()  # now 5 qps: the slot moves from 0.1 to 0.2
-    await clock.advance(0.1001)
+    pacer.slow_down()  # now 5 qps: the slot moves from 0.1 to 0.2 (times the margin)
+    await clock.advance(0.1 * SPACING_MARGIN)
     assert not waiter.done()
-    await clock.advance(0.1002)
+    await clock.advance(0.1 * SPACING_MARGIN + 1e-6)
     await waiter
 
 
