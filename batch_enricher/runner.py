@@ -17,11 +17,9 @@ and rerunning the same command continues from there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import glob
 import logging
 import math
-import os
-import signal
 import ssl
 import time
 from collections import Counter
@@ -51,6 +49,7 @@ from batch_enricher.errors import (
     TransientApiError,
 )
 from batch_enricher.guards import NotSent, RunControl
+from batch_enricher.interrupts import Interrupts
 from batch_enricher.journal import Journal
 from batch_enricher.models import Answer, Invalid, Outcome, Person, Status
 from batch_enricher.pacer import Pacer
@@ -117,6 +116,7 @@ class _Plan:
     to_call: list[tuple[bytes, Person]] = field(default_factory=list)
     rows_of: dict[bytes, int] = field(default_factory=dict)  # key → rows, for people to call
     resolved_rows: int = 0  # rows already final after planning (invalid, reused)
+    already: Counter[Status] = field(default_factory=Counter)  # those rows, by status
     total_rows: int = 0
 
 
@@ -211,17 +211,23 @@ def _plan(
     cutoff: float | None,
     summary: RunSummary,
     progress: Progress,
+    interrupts: Interrupts,
 ) -> _Plan:
     plan = _Plan()
     seen: set[bytes] = set()
+    reused: dict[bytes, Status] = {}  # people answered from the journal, for their later rows
     pending: list[tuple[bytes, Person]] = []
 
     def flush() -> None:
         found = journal.get_many((k for k, _ in pending), newer_than=cutoff)
         for key, person in pending:
-            if key in found:
+            answer = found.get(key)
+            if answer is not None:
                 summary.reused += 1
-                plan.resolved_rows += plan.rows_of.pop(key)
+                rows_so_far = plan.rows_of.pop(key)
+                plan.resolved_rows += rows_so_far
+                plan.already[answer.status] += rows_so_far
+                reused[key] = answer.status
             else:
                 plan.to_call.append((key, person))
         pending.clear()
@@ -229,10 +235,13 @@ def _plan(
     for item in inputs:
         width = len(item.source.headers)
         for row in item.source.rows():
+            if interrupts.requested:
+                break  # nothing is sent after a signal; the write pass still covers every row
             plan.total_rows += 1
             result = rows.check(row, item.columns, width)
             if isinstance(result, Invalid):
                 plan.resolved_rows += 1
+                plan.already[Status.INVALID] += 1
                 continue
             key = rows.key(result)
             if key in seen:
@@ -241,6 +250,7 @@ def _plan(
                     plan.rows_of[key] += 1
                 else:  # its first row was already answered from the journal
                     plan.resolved_rows += 1
+                    plan.already[reused[key]] += 1
                 continue
             seen.add(key)
             plan.rows_of[key] = 1
@@ -306,9 +316,8 @@ async def _dispatch(
                         plan.rows_of[key_], answer.status, billed=answer.status is Status.OK
                     )
 
-            with _signals(control, progress, enabled=options.handle_signals):
-                workers = max(1, min(options.concurrency, len(plan.to_call)))
-                await asyncio.gather(*(worker() for _ in range(workers)))
+            workers = max(1, min(options.concurrency, len(plan.to_call)))
+            await asyncio.gather(*(worker() for _ in range(workers)))
     finally:
         if sandbox is not None:
             await sandbox.close()
@@ -325,34 +334,6 @@ def _failed(exc: TransientApiError) -> str:
     if exc.error_code is not None:
         text = f"{reason_of(exc.error_code)} ({exc.error_code})"
     return f"{text}; still failing after retries, rerun to try again"
-
-
-@contextlib.contextmanager
-def _signals(control: RunControl, progress: Progress, *, enabled: bool) -> Iterator[None]:
-    """SIGINT/SIGTERM stop sending; a second one exits at once (the journal is already safe)."""
-    if not enabled:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        name = signum.name
-        if control.stopped and control.stop_reason and "interrupted" in control.stop_reason:
-            progress.note(f"{name} again: exiting now; answers so far are in the journal")
-            os._exit(130)
-        control.stop(f"interrupted by {name}; rerun the same command to continue")
-        progress.note(f"{name}: finishing the calls in flight, then writing the output")
-
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig)
-            installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def _result_cells(
@@ -388,25 +369,57 @@ def _number(raw: str) -> Cell:
     return int(raw) if raw.isdecimal() and raw.isascii() else raw
 
 
+@dataclass
+class _Join:
+    """What the second pass knows for joining rows with their answers."""
+
+    rows: _Rows
+    journal: Journal
+    cutoff: float | None
+    outcomes: dict[bytes, Outcome]
+    skip_reason: str
+    tables: dict[str, bands_mod.Table]
+
+
+def _joined(item: _Input, join: _Join) -> Iterator[tuple[list[Cell], Status, list[Cell]]]:
+    """Each row of `item` with its status and appended cells, counted into its FileSummary."""
+    source, columns, keep = item.source, item.columns, item.keep
+    fs = item.summary
+    width = len(source.headers)
+    for chunk in _chunks(source.rows(), _LOOKUP_BATCH):
+        checked = [join.rows.check(row, columns, width) for row in chunk]
+        keys = [join.rows.key(c) if isinstance(c, Person) else None for c in checked]
+        answers = join.journal.get_many({k for k in keys if k}, newer_than=join.cutoff)
+        for row, result, key in zip(chunk, checked, keys, strict=True):
+            invalid = result if isinstance(result, Invalid) else None
+            answer = answers.get(key) if key is not None else None
+            outcome = join.outcomes.get(key) if key is not None and answer is None else None
+            if answer is not None:
+                status = answer.status
+            elif invalid is not None:
+                status = Status.INVALID
+            else:
+                status = outcome.status if outcome is not None else Status.SKIPPED
+            cells = _result_cells(status, answer, invalid, outcome, join.skip_reason, join.tables)
+            if status is Status.OK:
+                for model, pos in zip(bands_mod.MODELS, (5, 7, 9), strict=True):
+                    fs.bands.setdefault(model, Counter())[str(cells[pos])] += 1
+            fs.rows += 1
+            fs.statuses[status] += 1
+            yield [row[i] if i < len(row) else None for i in keep], status, cells
+
+
 def _write(
     item: _Input,
-    rows: _Rows,
-    journal: Journal,
-    cutoff: float | None,
-    outcomes: dict[bytes, Outcome],
-    skip_reason: str,
+    join: _Join,
     options: EnrichOptions,
-    summary: RunSummary,
-    *,
     make_sheet: Callable[[FileSummary], SummarySheet],
 ) -> None:
+    """The second pass over one input: every row, its result, written atomically."""
     source, columns, keep = item.source, item.columns, item.keep
     headers = [source.headers[i] for i in keep] + list(RESULT_COLUMNS[options.headers])
     out_index = {orig: pos for pos, orig in enumerate(keep)}
     text_columns = {out_index[i] for i in (columns.idcard, columns.mobile) if i in out_index}
-    file_summary = item.summary
-    band_counts: dict[str, Counter[str]] = {m: Counter() for m in bands_mod.MODELS}
-    width = len(source.headers)
     with open_writer(
         item.output,
         headers,
@@ -414,35 +427,9 @@ def _write(
         status_column=len(keep),
         escape_formulas=options.escape_formulas,
     ) as writer:
-        for chunk in _chunks(source.rows(), _LOOKUP_BATCH):
-            checked = [rows.check(row, columns, width) for row in chunk]
-            keys = [rows.key(c) if isinstance(c, Person) else None for c in checked]
-            answers = journal.get_many({k for k in keys if k is not None}, newer_than=cutoff)
-            for row, result, key in zip(chunk, checked, keys, strict=True):
-                invalid = result if isinstance(result, Invalid) else None
-                answer = answers.get(key) if key is not None else None
-                outcome = outcomes.get(key) if key is not None and answer is None else None
-                if answer is not None:
-                    status = answer.status
-                elif invalid is not None:
-                    status = Status.INVALID
-                elif outcome is not None:
-                    status = outcome.status
-                else:
-                    status = Status.SKIPPED
-                cells = _result_cells(
-                    status, answer, invalid, outcome, skip_reason, options.band_tables
-                )
-                if answer is not None and answer.status is Status.OK:
-                    for model, pos in zip(bands_mod.MODELS, (5, 7, 9), strict=True):
-                        band_counts[model][str(cells[pos])] += 1
-                padded = [row[i] if i < len(row) else None for i in keep]
-                writer.write_row(padded + cells)
-                file_summary.rows += 1
-                file_summary.statuses[status] += 1
-        file_summary.bands = band_counts
-        summary.files.append(file_summary)
-        writer.commit(make_sheet(file_summary))
+        for original, _status, cells in _joined(item, join):
+            writer.write_row(original + cells)
+        writer.commit(make_sheet(item.summary))
 
 
 def _chunks(rows: Iterable[list[Cell]], size: int) -> Iterator[list[list[Cell]]]:
@@ -475,7 +462,9 @@ async def enrich_async(
     from batch_enricher.report import summary_sheet
 
     progress = progress or NullProgress()
-    sheet_for = make_sheet or (lambda f, s: summary_sheet(f, s, options.headers))
+    sheet_for = make_sheet or (
+        lambda f, s: summary_sheet(f, s, options.headers, options.band_tables)
+    )
     started = time.monotonic()
     summary = RunSummary(dry_run=options.dry_run)
     if not options.sandbox and not options.key and not options.dry_run:
@@ -491,42 +480,49 @@ async def enrich_async(
 
         state = default_state_path()
     control = RunControl(max_billed=options.max_billed)
-    with Journal.open(state, lock_timeout=options.lock_timeout) as journal:
+    interrupts = Interrupts(control.stop, progress.note)
+    with (
+        interrupts.installed(enabled=options.handle_signals),
+        Journal.open(state, lock_timeout=options.lock_timeout) as journal,
+    ):
         rows = _Rows(journal)
         cutoff = None if options.max_age is None else time.time() - options.max_age
         progress.phase("planning")
-        plan = _plan(inputs, rows, journal, cutoff, summary, progress)
+        plan = _plan(inputs, rows, journal, cutoff, summary, progress, interrupts)
         outcomes: dict[bytes, Outcome] = {}
-        if options.dry_run:
-            summary.max_billable = (
-                plan.to_call.__len__()
-                if options.max_billed is None
-                else min(len(plan.to_call), options.max_billed)
+        if not options.dry_run:
+            progress.start(
+                plan.total_rows, plan.resolved_rows, len(plan.to_call), already=plan.already
             )
-            for item in inputs:  # count statuses without writing: every new person is "skipped"
-                _count_only(item, rows, journal, cutoff, summary)
-        else:
-            progress.start(plan.total_rows, plan.resolved_rows, len(plan.to_call))
-            if plan.to_call:
+            interrupts.loop = asyncio.get_running_loop()
+            if interrupts.reason is not None:  # a signal during planning: send nothing
+                control.stop(interrupts.reason)
+            if plan.to_call and not control.stopped:
                 outcomes = await _dispatch(options, plan, journal, summary, control, progress)
+            interrupts.loop = None
             progress.phase("writing")
-            skip_reason = _skip_reason(control)
-            # The journal keeps when an answer came as `queried_at`, to the whole second, so an
-            # answer from this run's first second would look older than the exact cutoff (and
-            # with --max-age 0 its row would come out `skipped`). Compare at that resolution.
-            write_cutoff = None if cutoff is None else math.floor(cutoff)
-            for item in inputs:
-                _write(
-                    item,
-                    rows,
-                    journal,
-                    write_cutoff,
-                    outcomes,
-                    skip_reason,
-                    options,
-                    summary,
-                    make_sheet=lambda f: sheet_for(f, summary),
-                )
+        # The journal keeps when an answer came as `queried_at`, to the whole second, so an
+        # answer from this run's first second would look older than the exact cutoff (and
+        # with --max-age 0 its row would come out `skipped`). Compare at that resolution.
+        join = _Join(
+            rows,
+            journal,
+            None if cutoff is None else math.floor(cutoff),
+            outcomes,
+            _skip_reason(control, dry_run=options.dry_run),
+            options.band_tables,
+        )
+        for item in inputs:
+            if options.dry_run:  # count statuses only: every person still to ask is "skipped"
+                for _ in _joined(item, join):
+                    pass
+            else:
+                _write(item, join, options, lambda f: sheet_for(f, summary))
+            summary.files.append(item.summary)
+    if options.dry_run:
+        summary.max_billable = len(plan.to_call)
+        if options.max_billed is not None:
+            summary.max_billable = min(summary.max_billable, options.max_billed)
     summary.stop_reason = control.stop_reason
     summary.abort_code = control.abort_code
     summary.elapsed_s = time.monotonic() - started
@@ -535,29 +531,12 @@ async def enrich_async(
     return summary
 
 
-def _skip_reason(control: RunControl) -> str:
+def _skip_reason(control: RunControl, *, dry_run: bool) -> str:
+    if dry_run:
+        return "not sent: dry run"
     if control.stop_reason:
         return f"not sent: {control.stop_reason}"
     return "not sent"
-
-
-def _count_only(
-    item: _Input, rows: _Rows, journal: Journal, cutoff: float | None, summary: RunSummary
-) -> None:
-    fs = item.summary
-    width = len(item.source.headers)
-    for chunk in _chunks(item.source.rows(), _LOOKUP_BATCH):
-        checked = [rows.check(row, item.columns, width) for row in chunk]
-        keys = {rows.key(c) for c in checked if isinstance(c, Person)}
-        answers = journal.get_many(keys, newer_than=cutoff)
-        for c in checked:
-            fs.rows += 1
-            if isinstance(c, Invalid):
-                fs.statuses[Status.INVALID] += 1
-            else:
-                answer = answers.get(rows.key(c))
-                fs.statuses[answer.status if answer else Status.SKIPPED] += 1
-    summary.files.append(fs)
 
 
 def enrich(options: EnrichOptions, progress: Progress | None = None) -> RunSummary:
@@ -582,7 +561,8 @@ def expand_inputs(args: Iterable[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if _is_input(p))
         elif any(ch in arg for ch in "*?[") and not path.exists():
-            found = sorted(p for p in Path().glob(arg) if p.is_file() and _is_input(p))
+            # glob.glob, not Path.glob: the latter refuses absolute patterns like /data/*.csv
+            found = sorted(p for p in map(Path, glob.glob(arg)) if p.is_file() and _is_input(p))
             if not found:
                 raise InputError(f"no input files match {arg}")
         else:

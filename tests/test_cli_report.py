@@ -401,11 +401,6 @@ def test_a_glob_as_input(tmp_path: Path, run: Run, monkeypatch: pytest.MonkeyPat
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.expand_inputs uses Path().glob(), which refuses absolute patterns "
-    "(NotImplementedError); remove this marker once it uses glob.glob()",
-)
 def test_an_absolute_glob_as_input(tmp_path: Path, run: Run) -> None:
     _people_csv(tmp_path / "jan.csv", 2)
     (tmp_path / "out").mkdir()
