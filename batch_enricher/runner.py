@@ -103,9 +103,8 @@ class _Input:
     source: Source
     columns: ColumnMap
     output: Path
-    keep: list[
-        int
-    ]  # indexes of the input columns that go to the output (old result columns dropped)
+    # indexes of the input columns that go to the output (earlier result columns dropped)
+    keep: list[int]
     summary: FileSummary
 
 
@@ -127,7 +126,7 @@ def default_output(path: Path, output_dir: Path | None) -> Path:
     PosixPath('in/customers.enriched.csv')
     """
     suffix = path.suffix.lower()
-    ext = {".xls": ".xlsx", ".txt": ".csv"}.get(suffix, suffix)
+    ext = {".xls": ".xlsx", ".xlsm": ".xlsx", ".txt": ".csv"}.get(suffix, suffix)
     folder = output_dir if output_dir is not None else path.parent
     return folder / f"{path.stem}.enriched{ext}"
 
@@ -140,11 +139,11 @@ def resolve_outputs(options: EnrichOptions) -> list[Path]:
         outputs = [options.output]
     else:
         outputs = [default_output(p, options.output_dir) for p in options.inputs]
-    inputs = {_same_file_key(p) for p in options.inputs}
+    inputs = {p.resolve() for p in options.inputs}
     seen: set[Path] = set()
     for out in outputs:
         resolved = out.resolve()
-        if _same_file_key(out) in inputs:
+        if resolved in inputs:
             raise OutputError(f"the output {out} is an input file; choose another -o")
         if resolved in seen:
             raise OutputError(
@@ -152,10 +151,6 @@ def resolve_outputs(options: EnrichOptions) -> list[Path]:
             )
         seen.add(resolved)
     return outputs
-
-
-def _same_file_key(path: Path) -> Path:
-    return path.resolve()
 
 
 def _open_inputs(options: EnrichOptions, outputs: list[Path]) -> list[_Input]:
@@ -284,7 +279,7 @@ async def _dispatch(
         sandbox = await start(SandboxConfig())
         endpoint, key = sandbox.url, "sandbox"
     if not key:
-        raise ConfigError("no API key")
+        raise ConfigError("no API key")  # enrich_async checks first; this keeps the types honest
     ssl_context: ssl.SSLContext | bool = True
     if options.insecure:
         ssl_context = False
@@ -316,8 +311,18 @@ async def _dispatch(
                         plan.rows_of[key_], answer.status, billed=answer.status is Status.OK
                     )
 
-            workers = max(1, min(options.concurrency, len(plan.to_call)))
-            await asyncio.gather(*(worker() for _ in range(workers)))
+            count = max(1, min(options.concurrency, len(plan.to_call)))
+            workers = [asyncio.create_task(worker()) for _ in range(count)]
+            try:
+                await asyncio.gather(*workers)
+            except BaseException:
+                # One worker failed for real (the journal cannot be written, say): the others
+                # must not go on sending answers that could no longer be kept.
+                control.stop("stopped by an error")
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                raise
     finally:
         if sandbox is not None:
             await sandbox.close()
@@ -547,7 +552,7 @@ def enrich(options: EnrichOptions, progress: Progress | None = None) -> RunSumma
     return asyncio.run(enrich_async(options, progress))
 
 
-_INPUT_SUFFIXES: Final = (".csv", ".tsv", ".txt", ".xlsx", ".xls")
+_INPUT_SUFFIXES: Final = (".csv", ".tsv", ".txt", ".xlsx", ".xlsm", ".xls")
 
 
 def expand_inputs(args: Iterable[str]) -> list[Path]:

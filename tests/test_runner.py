@@ -1,0 +1,78 @@
+"""The runner's own rules: where outputs go, and what happens when the journal cannot be written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from batch_enricher.errors import ConfigError, JournalError, OutputError
+from batch_enricher.journal import Journal
+from batch_enricher.models import Answer
+from batch_enricher.runner import EnrichOptions, default_output, enrich, resolve_outputs
+from tests.conftest import Served, person, write_csv
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("customers.csv", "customers.enriched.csv"),
+        ("customers.tsv", "customers.enriched.tsv"),
+        ("customers.xlsx", "customers.enriched.xlsx"),
+        ("legacy.xls", "legacy.enriched.xlsx"),
+        ("macro.xlsm", "macro.enriched.xlsx"),
+        ("export.txt", "export.enriched.csv"),
+    ],
+)
+def test_default_output_sits_beside_the_input_in_a_format_we_write(
+    name: str, expected: str
+) -> None:
+    assert default_output(Path("in") / name, None) == Path("in") / expected
+    assert default_output(Path("in") / name, Path("out")) == Path("out") / expected
+
+
+def test_an_output_never_overwrites_an_input(tmp_path: Path) -> None:
+    src = tmp_path / "a.csv"
+    with pytest.raises(OutputError, match="is an input file"):
+        resolve_outputs(EnrichOptions(inputs=[src], output=tmp_path / "." / "a.csv"))
+
+
+def test_two_inputs_never_share_an_output(tmp_path: Path) -> None:
+    inputs = [tmp_path / "x" / "a.csv", tmp_path / "y" / "a.csv"]
+    with pytest.raises(OutputError, match="both be written"):
+        resolve_outputs(EnrichOptions(inputs=inputs, output_dir=tmp_path / "out"))
+    with pytest.raises(ConfigError, match="single input"):
+        resolve_outputs(EnrichOptions(inputs=inputs, output=tmp_path / "o.csv"))
+
+
+def test_a_journal_that_cannot_be_written_stops_all_sending(
+    tmp_path: Path, sandbox: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = sandbox(latency_ms=5)
+    src = write_csv(tmp_path / "in.csv", [list(person(i)) for i in range(60)])
+    real_put = Journal.put
+    puts: list[bytes] = []
+
+    def failing_put(self: Journal, key: bytes, answer: Answer) -> None:
+        if len(puts) >= 3:
+            raise JournalError("disk full")
+        puts.append(key)
+        real_put(self, key, answer)
+
+    monkeypatch.setattr(Journal, "put", failing_put)
+    options = EnrichOptions(
+        inputs=[src],
+        output=tmp_path / "o.csv",
+        key="k",
+        endpoint=server.url,
+        qps=200,
+        concurrency=4,
+        state=tmp_path / "j.sqlite3",
+    )
+
+    with pytest.raises(JournalError, match="disk full"):
+        enrich(options)
+
+    assert server.stats.requests <= 3 + 1 + 4, "no one kept sending once answers could not be kept"
+    assert not (tmp_path / "o.csv").exists()
