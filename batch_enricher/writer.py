@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import functools
 import math
 import os
 import re
@@ -34,19 +35,18 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Self, cast
-
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ERROR_CODES, ILLEGAL_CHARACTERS_RE
-from openpyxl.cell.cell import Cell as XlCell
-from openpyxl.chart import BarChart, Reference
-from openpyxl.styles import Font, PatternFill
-from openpyxl.utils import get_column_letter
-from openpyxl.worksheet.worksheet import Worksheet
+from typing import IO, TYPE_CHECKING, Final, Self, cast
 
 from batch_enricher.errors import OutputError, UnsupportedFileError
 from batch_enricher.models import Status
+
+# openpyxl is imported when an XLSX writer is opened, not with this module: it costs ~0.2 s of
+# CPU (numpy comes with it), as much as aiohttp, and a CSV run never needs it.
+if TYPE_CHECKING:
+    from openpyxl import Workbook
+    from openpyxl.cell.cell import Cell as XlCell
+    from openpyxl.styles import Font, PatternFill
+    from openpyxl.worksheet.worksheet import Worksheet
 
 Cell = str | int | float | bool | datetime.datetime | datetime.date | datetime.time | None
 
@@ -54,6 +54,10 @@ Cell = str | int | float | bool | datetime.datetime | datetime.date | datetime.t
 _DANGEROUS: Final = frozenset("=+-@\t\r\n")
 #: The same, at the start of any cell of a row joined with NUL (a false hit only costs speed).
 _DANGEROUS_START: Final = re.compile("\x00[=+\\-@\t\r\n]")
+#: Cell types the csv module writes exactly as `_text` would (str(int), "" for None); bool and
+#: float are not among them (csv would write True and 1.0).
+_CSV_NATIVE: Final = frozenset({str, int, type(None)})
+_TEXT_ONLY: Final = {str}
 
 #: Light fills with Excel's matching dark text colours ("Good", "Neutral", "Bad" styles).
 _GREEN: Final = ("C6EFCE", "006100")
@@ -210,19 +214,29 @@ class _CsvWriter(Writer):
         self._stream = stream
         self._csv = csv.writer(stream, delimiter=delimiter, lineterminator="\r\n")
         self._escape = escape
+        self._joiner, self._joiner_width = "", 0  # "\x00%s" once per cell of the last row
 
     def write_row(self, cells: Sequence[Cell]) -> None:
         """Write one output row as text cells."""
         if self._closed:
             self._check_open()
         row: Sequence[object] = cells
-        # Fast path, all in C: a row of plain text with no cell starting with a dangerous
-        # character goes to the csv module as is (join raises TypeError on any non-str cell).
-        try:
-            joined = "\x00".join(("", *cells))  # type: ignore[arg-type]
+        # Fast path, all in C: a row whose cells are all str, int or None (the csv module writes
+        # those exactly as `_text` would) and where no text cell starts with a dangerous
+        # character goes to the csv module as is. The test joins the cells with NUL: a plain
+        # join for text only, else one %-format (a negative int then looks dangerous, which only
+        # costs the slow path). Enrich's rows always hold ints or None in the result columns.
+        kinds = set(map(type, cells))
+        if kinds <= _CSV_NATIVE:
+            if kinds == _TEXT_ONLY:
+                joined = "\x00".join(("", *cells))  # type: ignore[arg-type]
+            else:
+                if len(cells) != self._joiner_width:
+                    self._joiner, self._joiner_width = "\x00%s" * len(cells), len(cells)
+                joined = self._joiner % tuple(cells)
             needs_work = _DANGEROUS_START.search(joined) is not None
-        except TypeError:
-            needs_work = True
+        else:
+            needs_work = True  # bool, float, dates, str subclasses: converted below
         if needs_work:
             if self._escape:
                 row = [
@@ -262,6 +276,11 @@ class _XlsxWriter(Writer):
         sheet_title: str,
     ) -> None:
         super().__init__(target, temp)
+        from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.styles import Font, PatternFill
+
+        self._new_cell = WriteOnlyCell
         self._wb = Workbook(write_only=True)
         self._ws = _sheet(self._wb, sheet_title)
         self._ncols = len(headers)
@@ -289,6 +308,8 @@ class _XlsxWriter(Writer):
 
     def _flush_sample(self) -> None:
         """Size the columns and freeze the header (both must precede the first row), then write."""
+        from openpyxl.utils import get_column_letter
+
         pending, self._pending = self._pending or [], None
         ws = self._ws
         for index, width in enumerate(_column_widths(pending, self._ncols), 1):
@@ -320,7 +341,7 @@ class _XlsxWriter(Writer):
         if isinstance(value, str):
             text = _xml_safe(str(value))
             # openpyxl would store these as a formula or an error value: force a string cell.
-            if text[:1] == "=" or text in ERROR_CODES:
+            if text[:1] == "=" or text in _error_codes():
                 return self._styled(text)
             return text
         if isinstance(value, bool) or value is None:
@@ -341,7 +362,7 @@ class _XlsxWriter(Writer):
         fill: PatternFill | None = None,
         number_format: str | None = None,
     ) -> XlCell:
-        cell = WriteOnlyCell(self._ws, value=text)
+        cell = self._new_cell(self._ws, value=text)
         if text is not None:
             cell.data_type = "s"  # never a formula, whatever the text starts with
         if font is not None:
@@ -353,6 +374,8 @@ class _XlsxWriter(Writer):
         return cell
 
     def _finish(self, summary: SummarySheet | None) -> None:
+        from openpyxl.utils import get_column_letter
+
         if self._pending is not None:
             self._flush_sample()
         # The filter is written after the rows, so the final row count can still go in here.
@@ -366,6 +389,8 @@ class _XlsxWriter(Writer):
             os.fsync(stream.fileno())
 
     def _add_summary(self, summary: SummarySheet) -> None:
+        from openpyxl.chart import BarChart, Reference
+
         ws = _sheet(self._wb, _xml_safe(summary.title)[:31] or "Summary")
         labels = [summary.title, *(label for label, _ in summary.rows)]
         labels += [t for t, bands in summary.charts for t in (t, *(b for b, _ in bands))]
@@ -414,7 +439,7 @@ class _XlsxWriter(Writer):
 def _sheet(workbook: Workbook, title: str) -> Worksheet:
     # A write-only sheet has column_dimensions, auto_filter, freeze_panes and add_chart at run
     # time (openpyxl copies them from Worksheet); the type stubs omit them, hence the cast.
-    return cast(Worksheet, workbook.create_sheet(title))
+    return cast("Worksheet", workbook.create_sheet(title))
 
 
 def _text(value: Cell) -> str:
@@ -446,9 +471,24 @@ def _xlsx_text(value: Cell) -> str | None:
 
 def _xml_safe(text: str) -> str:
     # Control characters are invalid in XML: openpyxl refuses them, so drop them, not the row.
-    if ILLEGAL_CHARACTERS_RE.search(text):
-        text = ILLEGAL_CHARACTERS_RE.sub("", text)
+    illegal = _illegal_characters()
+    if illegal.search(text):
+        text = illegal.sub("", text)
     return text[:_EXCEL_MAX_STR]
+
+
+@functools.cache
+def _illegal_characters() -> re.Pattern[str]:
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    return ILLEGAL_CHARACTERS_RE
+
+
+@functools.cache
+def _error_codes() -> frozenset[str]:
+    from openpyxl.cell.cell import ERROR_CODES
+
+    return frozenset(ERROR_CODES)
 
 
 def _as_cell(value: object) -> Cell:
