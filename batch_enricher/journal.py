@@ -55,6 +55,11 @@ _LOCK_POLL_S: Final = 0.1
 # SQLite's historical limit on bound parameters was 999; 500 keeps well clear of it.
 _CHUNK: Final = 500
 _STORABLE: Final = frozenset({Status.OK, Status.REJECTED})
+# Answers remembered in memory once read or written. The run lock makes this connection the
+# only writer, so the memo cannot go stale; it spares the writing pass of a big file with few
+# people one SQL look-up and hundreds of Answer objects per chunk. Bounded (emptied when full)
+# so memory does not grow with the number of people.
+_MEMO_LIMIT: Final = 1 << 14
 
 _SCHEMA: Final = """
 CREATE TABLE answers (
@@ -105,6 +110,7 @@ class Journal:
         self._lock_fd = lock_fd
         # -wal/-shm appear (or reappear) on the first write; check their modes once then.
         self._sidecars_checked = False
+        self._memo: dict[bytes, tuple[float, Answer]] = {}  # key → (received_at, answer)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -155,16 +161,27 @@ class Journal:
         """Stored answers for those keys that have one, looked up in batches of ≤ 500."""
         conn = self._open_conn()
         found: dict[bytes, Answer] = {}
+        memo = self._memo
+        missing: list[bytes] = []
+        for key in dict.fromkeys(keys):
+            hit = memo.get(key)
+            if hit is None:
+                missing.append(key)
+            elif newer_than is None or hit[0] >= newer_than:
+                found[key] = hit[1]
+            # else: stored, but too old; the database holds the same row, so it is not asked
         cutoff = "" if newer_than is None else " AND received_at >= ?"
         tail: tuple[float, ...] = () if newer_than is None else (newer_than,)
-        unique = iter(dict.fromkeys(keys))
+        unique = iter(missing)
         while chunk := list(islice(unique, _CHUNK)):
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT key, {_COLUMNS} FROM answers WHERE key IN ({marks}){cutoff}"
+            sql = f"SELECT key, {_COLUMNS}, received_at FROM answers WHERE key IN ({marks}){cutoff}"
             with _sqlite_errors(self._path, "read"):
                 rows = conn.execute(sql, (*chunk, *tail)).fetchall()
             for row in rows:
-                found[bytes(row[0])] = _answer(row[1:])
+                key, answer = bytes(row[0]), _answer(row[1:-1])
+                found[key] = answer
+                self._remember(key, float(row[-1]), answer)
         return found
 
     def count(self) -> int:
@@ -181,15 +198,19 @@ class Journal:
 
     def put_many(self, items: Iterable[tuple[bytes, Answer]]) -> None:
         """Store (or replace) several final answers in one transaction."""
-        rows = [_row(key, answer) for key, answer in items]
+        pairs = list(items)
+        rows = [_row(key, answer) for key, answer in pairs]
         if not rows:
             return
         with self._transaction("write") as conn:
             conn.executemany(_UPSERT, rows)
+        for (key, answer), row in zip(pairs, rows, strict=True):
+            self._remember(bytes(key), float(row[-1]), answer)
         self._tighten_sidecars()
 
     def purge(self, older_than: float) -> int:
         """Delete answers received before `older_than` (epoch s); returns how many went."""
+        self._memo.clear()
         with self._transaction("purge") as conn:
             deleted = conn.execute("DELETE FROM answers WHERE received_at < ?", (older_than,))
         return deleted.rowcount
@@ -218,6 +239,11 @@ class Journal:
         self.close()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _remember(self, key: bytes, received_at: float, answer: Answer) -> None:
+        if len(self._memo) >= _MEMO_LIMIT and key not in self._memo:
+            self._memo.clear()
+        self._memo[key] = (received_at, answer)
 
     def _open_conn(self) -> sqlite3.Connection:
         if self._conn is None:
