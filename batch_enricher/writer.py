@@ -26,6 +26,7 @@ import contextlib
 import csv
 import datetime
 import functools
+import io
 import math
 import os
 import re
@@ -145,6 +146,19 @@ def open_writer(
     return writer
 
 
+@dataclass(frozen=True)
+class Tail:
+    """Cells that end many rows (one person's result columns), prepared once by `Writer.tail`.
+
+    `write_row(cells, tail)` writes `cells + tail.cells`, byte for byte as `write_row` would, but
+    a CSV writer converts, escapes and quotes the tail's cells only once, not on every row.
+    """
+
+    cells: tuple[Cell, ...]
+    text: str = ""  # CSV: the cells as written, delimiter first and line ending last
+    dialect: tuple[str, bool] | None = None  # (delimiter, escape) that `text` was written with
+
+
 class Writer:
     """A streaming output file: `write_row` as often as needed, then `commit` or `abort`."""
 
@@ -153,9 +167,16 @@ class Writer:
         self._temp = temp
         self._closed = False
 
-    def write_row(self, cells: Sequence[Cell]) -> None:
-        """Write one output row."""
+    def write_row(self, cells: Sequence[Cell], tail: Tail | None = None) -> None:
+        """Write one output row: `cells`, followed by the tail's cells if one is given."""
         raise NotImplementedError
+
+    def tail(self, cells: Sequence[Cell]) -> Tail:
+        """Prepare cells that will end many rows (see `Tail`).
+
+        >>> # ok = writer.tail(result_cells); writer.write_row(original_cells, ok)
+        """
+        return Tail(tuple(cells))
 
     def commit(self, summary: SummarySheet | None = None) -> None:
         """Finish the file and move it into place atomically (`summary` is used for XLSX only)."""
@@ -213,14 +234,41 @@ class _CsvWriter(Writer):
         super().__init__(target, temp)
         self._stream = stream
         self._csv = csv.writer(stream, delimiter=delimiter, lineterminator="\r\n")
+        # The same, without the line ending, for the cells written ahead of a prepared tail.
+        self._csv_head = csv.writer(stream, delimiter=delimiter, lineterminator="")
+        self._delimiter = delimiter
         self._escape = escape
+        self._dialect = (delimiter, escape)  # what a tail's text was written with
         self._joiner, self._joiner_width = "", 0  # "\x00%s" once per cell of the last row
 
-    def write_row(self, cells: Sequence[Cell]) -> None:
-        """Write one output row as text cells."""
+    def write_row(self, cells: Sequence[Cell], tail: Tail | None = None) -> None:
+        """Write one output row as text cells (then the tail's, already converted)."""
         if self._closed:
             self._check_open()
-        row: Sequence[object] = cells
+        try:
+            if tail is not None:
+                if tail.dialect == self._dialect and _plain_head(cells):
+                    self._csv_head.writerow(cells)
+                    self._stream.write(tail.text)
+                    return
+                cells = [*cells, *tail.cells]
+            self._csv.writerow(self._converted(cells))
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def tail(self, cells: Sequence[Cell]) -> Tail:
+        """Prepare cells that will end many rows: converted and quoted once, here."""
+        buffer = io.StringIO()
+        # A plain first cell stands for whatever precedes the tail; csv quotes cell by cell, so
+        # what follows it is exactly what these cells become at the end of any longer row.
+        csv.writer(buffer, delimiter=self._delimiter, lineterminator="\r\n").writerow(
+            self._converted(["x", *cells])
+        )
+        return Tail(tuple(cells), buffer.getvalue()[1:], self._dialect)
+
+    def _converted(self, cells: Sequence[Cell]) -> Sequence[object]:
+        """The row as the csv module should get it: text cells, escaped where needed."""
         # Fast path, all in C: a row whose cells are all str, int or None (the csv module writes
         # those exactly as `_text` would) and where no text cell starts with a dangerous
         # character goes to the csv module as is. The test joins the cells with NUL: a plain
@@ -234,22 +282,14 @@ class _CsvWriter(Writer):
                 if len(cells) != self._joiner_width:
                     self._joiner, self._joiner_width = "\x00%s" * len(cells), len(cells)
                 joined = self._joiner % tuple(cells)
-            needs_work = _DANGEROUS_START.search(joined) is not None
-        else:
-            needs_work = True  # bool, float, dates, str subclasses: converted below
-        if needs_work:
-            if self._escape:
-                row = [
-                    ("'" + c if c[:1] in _DANGEROUS else c) if type(c) is str else _escaped_text(c)
-                    for c in cells
-                ]
-            else:
-                row = [c if type(c) is str else _text(c) for c in cells]
-        try:
-            self._csv.writerow(row)
-        except OSError as exc:
-            self.abort()
-            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            if _DANGEROUS_START.search(joined) is None:
+                return cells
+        if self._escape:
+            return [
+                ("'" + c if c[:1] in _DANGEROUS else c) if type(c) is str else _escaped_text(c)
+                for c in cells
+            ]
+        return [c if type(c) is str else _text(c) for c in cells]
 
     def _finish(self, summary: SummarySheet | None) -> None:
         self._stream.flush()
@@ -294,9 +334,11 @@ class _XlsxWriter(Writer):
             for status, (fill, font) in _STATUS_COLOURS.items()
         }
 
-    def write_row(self, cells: Sequence[Cell]) -> None:
+    def write_row(self, cells: Sequence[Cell], tail: Tail | None = None) -> None:
         """Write one output row with typed cells."""
         self._check_open()
+        if tail is not None:
+            cells = [*cells, *tail.cells]
         self._rows += 1
         self._ncols = max(self._ncols, len(cells))
         if self._pending is not None:
@@ -457,6 +499,19 @@ def _text(value: Cell) -> str:
     if isinstance(value, int):
         return str(value)
     return value.isoformat()
+
+
+def _plain_head(cells: Sequence[Cell]) -> bool:
+    """Whether `cells` may be written as they are ahead of a prepared tail.
+
+    They must be text needing no escape and holding no line break (the csv module quotes a
+    line break only when it writes the row's line ending itself), and more than one cell (a
+    lone empty cell is written as "" on its own).
+    """
+    if len(cells) < 2 or set(map(type, cells)) != _TEXT_ONLY:
+        return False
+    joined = "\x00".join(("", *cells))  # type: ignore[arg-type]
+    return not (_DANGEROUS_START.search(joined) or "\n" in joined or "\r" in joined)
 
 
 def _escaped_text(value: Cell) -> str:

@@ -330,3 +330,92 @@ def test_memory_does_not_grow_with_rows(tmp_path: Path, suffix: str, rows: int) 
     large = _peak_memory(tmp_path / f"large{suffix}", rows)
     # Holding the extra rows would cost ~250 bytes each: at least 700 kB here.
     assert large - small < 200_000
+
+
+# --- prepared tails ------------------------------------------------------------------------------
+
+_HEADS: list[list[Cell]] = [
+    ["王小明", "11010119900307803X"],
+    ["a", "b", "c"],
+    ["", ""],
+    [""],
+    [],
+    ["one"],
+    ["=1+1", "x"],
+    ["x", "-2"],
+    ["line\nbreak", "x"],
+    ["carriage\rreturn", "x"],
+    ["comma,inside", 'quote"inside'],
+    ["tab\tinside", "x"],
+    [" leading space", "x"],
+    [12, "x"],
+    [None, "x"],
+    [True, 2.5],
+    [datetime.date(2024, 1, 2), "x"],
+    [Status.OK, "x"],
+]
+_TAILS: list[list[Cell]] = [
+    [
+        "ok",
+        None,
+        None,
+        "SANDBOX01",
+        16,
+        "(0,1500]",
+        0,
+        "无法预测",
+        95,
+        "24",
+        "2024-01-02T03:04:05+08:00",
+    ],
+    ["invalid", 281501, "身份证号格式错误: check digit should be X"] + [None] * 8,
+    [],
+    [""],
+    [None],
+    ["=cmd", "+1", "-1", "@x", "\tt"],
+    ["a,b", 'c"d', "e\nf", -3, 1.0, False],
+]
+
+
+@pytest.mark.parametrize("escape", [True, False])
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_rows_with_a_tail_are_the_same_bytes_as_whole_rows(
+    tmp_path: Path, suffix: str, escape: bool
+) -> None:
+    whole, split = tmp_path / f"whole{suffix}", tmp_path / f"split{suffix}"
+    with open_writer(whole, HEADERS, escape_formulas=escape) as writer:
+        for head in _HEADS:
+            for tail in _TAILS:
+                writer.write_row([*head, *tail])
+        writer.commit()
+    with open_writer(split, HEADERS, escape_formulas=escape) as writer:
+        tails = [writer.tail(tail) for tail in _TAILS]
+        for head in _HEADS:
+            for prepared in tails:
+                writer.write_row(head, prepared)
+        writer.commit()
+    assert split.read_bytes() == whole.read_bytes()
+
+
+def test_a_tail_from_another_format_is_still_written_right(tmp_path: Path) -> None:
+    with open_writer(tmp_path / "other.tsv", HEADERS) as tsv:
+        foreign = tsv.tail(["a,b", "=x"])
+    out = tmp_path / "out.csv"
+    with open_writer(out, HEADERS) as writer:
+        writer.write_row(["name", "id"], foreign)
+        writer.commit()
+    assert _read_csv(out)[1] == ["name", "id", "a,b", "'=x"]
+
+
+def test_xlsx_rows_with_a_tail_hold_the_same_cells(tmp_path: Path) -> None:
+    out = tmp_path / "out.xlsx"
+    with open_writer(out, HEADERS, text_columns={1}, status_column=2) as writer:
+        prepared = writer.tail(_TAILS[0])
+        writer.write_row(["王小明", "11010119900307803X"], prepared)
+        writer.commit()
+    sheet = openpyxl.load_workbook(out).active
+    assert sheet is not None
+    row = [cell.value for cell in next(sheet.iter_rows(min_row=2))]
+    assert row[:2] == ["王小明", "11010119900307803X"]
+    assert row[2:6] == ["ok", None, None, "SANDBOX01"]
+    assert row[6] == 16
