@@ -9,8 +9,8 @@ install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 lint:
-	$(PYTHON) -m ruff check batch_enricher tests bench
-	$(PYTHON) -m ruff format --check batch_enricher tests bench
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 types:
 	$(PYTHON) -m mypy
