@@ -30,15 +30,21 @@ log = logging.getLogger("batch_enricher")
 
 
 class _Failure(click.ClickException):
-    """A library error shown as `Error: ...` with the exit code the contract gives it."""
+    """A library error shown as `Error: ...`, exit 1 (input, config or I/O)."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class _AbortFailure(_Failure):
+    """An account-level API error: exit 4."""
+
+    exit_code = 4
+
+
+# click reads `exit_code` from the class, so each exit code of the contract gets its own.
+_FAILURES: dict[int, type[_Failure]] = {1: _Failure, 4: _AbortFailure}
 
 
 def _fail(exc: EnricherError, secrets: tuple[str, ...] = ()) -> NoReturn:
-    raise _Failure(scrub(str(exc), secrets), exc.exit_code) from None
+    raise _FAILURES.get(exc.exit_code, _Failure)(scrub(str(exc), secrets)) from None
 
 
 def _load_config_option(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
