@@ -1,0 +1,558 @@
+"""Benchmark of batch-enricher against the targets of issue 7; prints one table.
+
+Run `python bench/run.py` (or `make bench`). The project's API emulator runs in its own process
+on 127.0.0.1 (so its CPU never counts against, or competes inside, the client being measured),
+with 50 ms latency and a server-side limit of `--qps` requests per second (10011 beyond it).
+Every client under test is a separate process too, measured with `os.wait4` (its own CPU seconds
+and peak RSS, nothing else's):
+
+(a) pacing: `enrich` over N distinct people at `--qps`; request rate first-to-last arrival as
+    the server saw it, the 10011 replies, and the whole run's wall time against N/qps.
+(b) CPU: that same `enrich` run against a bare aiohttp loop sending the same N requests to the
+    same server at the same pace and concurrency.
+(c) scale: `enrich` at 100k and 1M rows of a few distinct people (a warm-up run fills the
+    journal first), peak RSS and wall time, against pandas read_csv + to_csv of the same file.
+(d) a naive client: one blocking request at a time, a new connection each, as typical Juhe
+    sample code does.
+
+Generated files live under bench/_work/ (git-ignored), recreated on every run. The people are
+fictional, with valid check digits (the same scheme as tests/conftest.py, copied here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / "_work"
+KEY = "bench-key"  # the emulator accepts any non-empty key; never a real one
+
+# Targets of issue 7.
+RATE_SHARE_MIN = 0.97
+WALL_OVER_IDEAL_MAX = 1.10
+CPU_RATIO_MAX = 1.5
+RSS_RATIO_MAX = 1.3
+PANDAS_RATIO_MAX = 4.0
+
+# --- fictional people (the scheme of tests/conftest.py `person(i)`) ----------------------------
+
+_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
+_GIVEN = [
+    "伟",
+    "芳",
+    "娜",
+    "秀英",
+    "敏",
+    "静",
+    "丽",
+    "强",
+    "磊",
+    "军",
+    "洋",
+    "勇",
+    "艳",
+    "杰",
+    "娟",
+]
+_REGIONS = ("110101", "310104", "440305", "510107", "330106")
+_WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]  # ISO 7064 MOD 11-2 weights
+
+
+def _check_digit(body: str) -> str:
+    total = sum(int(d) * w for d, w in zip(body, _WEIGHTS, strict=True))
+    return "10X98765432"[total % 11]
+
+
+def person(i: int) -> tuple[str, str, str]:
+    """The i-th fictional person: (name, 18-digit ID with a correct check digit, mobile)."""
+    birth = f"{1960 + i % 40:04d}{1 + i % 12:02d}{1 + i % 28:02d}"
+    body = f"{_REGIONS[i % 5]}{birth}{i % 1000:03d}"
+    name = _SURNAMES[i % len(_SURNAMES)] + _GIVEN[(i // len(_SURNAMES)) % len(_GIVEN)]
+    mobile = "1" + str(3 + i % 7) + f"{i:09d}"
+    return name, body + _check_digit(body), mobile
+
+
+HEADER = ("客户编号", "姓名", "身份证号", "手机号")
+
+
+def write_input(path: Path, rows: int, distinct: int) -> Path:
+    """A UTF-8 CSV of `rows` customers cycling through `distinct` people."""
+    people = [person(i) for i in range(distinct)]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(HEADER)
+        out.writerows((f"C{r:08d}", *people[r % distinct]) for r in range(rows))
+    return path
+
+
+# --- child processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """What one finished child process cost: wall and CPU seconds, peak RSS, exit status."""
+
+    wall: float
+    cpu: float
+    maxrss_mb: float
+    returncode: int
+    stdout: str = ""
+
+
+def run_child(argv: Sequence[str], env: dict[str, str] | None = None) -> Child:
+    """Run a process to completion and measure it alone (`wait4` gives this child's rusage)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True
+    )
+    # Read the pipes first (a full pipe would block the child), then reap it with wait4.
+    out, err = _drain(proc)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.stderr.write(f"[bench] {' '.join(argv[:4])}... exited {proc.returncode}\n{err}\n")
+    return Child(
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        maxrss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+        returncode=proc.returncode,
+        stdout=out,
+    )
+
+
+def _drain(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    assert proc.stdout is not None and proc.stderr is not None
+    # Children here write little; reading stderr after stdout cannot deadlock on these sizes.
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    return out, err
+
+
+def enrich_argv(src: Path, out: Path, state: Path, url: str, qps: float) -> list[str]:
+    """The command line of one measured `enrich` run against the bench server."""
+    return [
+        sys.executable,
+        "-m",
+        "batch_enricher",
+        "enrich",
+        str(src),
+        "-o",
+        str(out),
+        "--endpoint",
+        url,
+        "--qps",
+        str(qps),
+        "--state",
+        str(state),
+        "--summary-json",
+        str(out.with_suffix(".summary.json")),
+        "-q",
+    ]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of every child: the bench key, and this checkout first on the path."""
+    env = dict(os.environ)
+    env["JUHE_API_KEY"] = KEY
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+# --- the server: the project's emulator plus a window on its arrivals ---------------------------
+
+
+class Server:
+    """The sandbox in its own process; `window(since)` reports what it saw from `since` on."""
+
+    def __init__(self, qps_limit: float, latency_ms: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(qps_limit), str(latency_ms)],
+            stdout=subprocess.PIPE,
+            env=child_env(),
+            cwd=ROOT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            raise RuntimeError("the bench server did not start")
+        self.base = self.url.rsplit("/financeInfo/", 1)[0]
+
+    def window(self, since: int = 0) -> dict[str, Any]:
+        """Arrivals, codes and timing of the requests from arrival index `since` on."""
+        with urllib.request.urlopen(f"{self.base}/_bench?since={since}", timeout=10) as reply:
+            data: dict[str, Any] = json.load(reply)
+        return data
+
+    def close(self) -> None:
+        """Stop the server process (it was started here, so it is ended by its own pid)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _serve(qps_limit: float, latency_ms: float) -> None:
+    """Child mode: serve the project's emulator on a free loopback port until SIGTERM."""
+    from aiohttp import web
+
+    from batch_enricher.sandbox import STATS, SandboxConfig, make_app
+
+    app = make_app(SandboxConfig(qps_limit=qps_limit, latency_ms=latency_ms))
+
+    async def bench_window(request: web.Request) -> web.Response:
+        stats = request.app[STATS]
+        since = int(request.query.get("since", "0"))
+        arrivals = stats.arrivals[since:]
+        codes: dict[str, int] = {}
+        for code in stats.answered[since:]:
+            codes[str(code)] = codes.get(str(code), 0) + 1
+        return web.json_response(
+            {
+                "next": len(stats.arrivals),
+                "requests": len(arrivals),
+                "first": arrivals[0] if arrivals else None,
+                "last": arrivals[-1] if arrivals else None,
+                "codes": codes,
+                "max_per_second": _max_per_second(arrivals),
+            }
+        )
+
+    app.router.add_get("/_bench", bench_window)
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print(f"http://127.0.0.1:{port}/financeInfo/query", flush=True)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def _max_per_second(arrivals: Sequence[float]) -> int:
+    best, start = 0, 0
+    for index, at in enumerate(arrivals):
+        while arrivals[start] <= at - 1.0:
+            start += 1
+        best = max(best, index + 1 - start)
+    return best
+
+
+# --- (b) the bare loop and (d) the naive client -------------------------------------------------
+
+
+def _people_of(path: Path) -> list[tuple[str, str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = csv.reader(fh)
+        next(rows)
+        return [(r[1], r[2], r[3]) for r in rows]
+
+
+def _bare_loop(url: str, src: Path, qps: float, concurrency: int) -> None:
+    """Child mode: the same calls as `enrich`, at the same pace, with nothing else around them."""
+    import aiohttp
+
+    people = _people_of(src)
+    spacing = 1.001 / qps  # the pacer's own spacing (SPACING_MARGIN), so the pace is identical
+
+    async def main() -> None:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            todo = iter(enumerate(people))
+
+            async def worker() -> None:
+                for i, (name, idcard, mobile) in todo:
+                    delay = t0 + i * spacing - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    form = {"key": KEY, "idcard": idcard, "realname": name, "mobile": mobile}
+                    async with session.post(url, data=form) as reply:
+                        json.loads(await reply.read())
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    asyncio.run(main())
+
+
+def naive_client(url: str, people: Sequence[tuple[str, str, str]]) -> float:
+    """One blocking POST at a time, a new connection each, as Juhe's sample code; req/s."""
+    started = time.perf_counter()
+    for name, idcard, mobile in people:
+        body = urllib.parse.urlencode(
+            {"key": KEY, "idcard": idcard, "realname": name, "mobile": mobile}
+        ).encode()
+        with urllib.request.urlopen(url, data=body, timeout=10) as reply:
+            json.load(reply)
+    return len(people) / (time.perf_counter() - started)
+
+
+def _pandas_round_trip(src: Path, out: Path) -> None:
+    """Child mode: pandas read_csv(dtype=str) + to_csv; prints its seconds (imports excluded)."""
+    import pandas as pd
+
+    started = time.perf_counter()
+    frame = pd.read_csv(src, dtype=str, keep_default_na=False)
+    frame.to_csv(out, index=False)
+    print(f"{time.perf_counter() - started:.6f}")
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """Rows of (part, figure, value, target, verdict), printed as one Markdown table."""
+
+    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+
+    def add(self, part: str, figure: str, value: str, target: str = "", met: bool | None = None):
+        verdict = "" if met is None else ("met" if met else "MISSED")
+        self.rows.append((part, figure, value, target, verdict))
+
+    def render(self) -> str:
+        head = ("part", "figure", "value", "target", "")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(5)]
+
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        return "\n".join([line(head), rule, *(line(r) for r in self.rows)])
+
+
+def machine() -> str:
+    """nproc, CPU model and Python version, for the record."""
+    model = "unknown CPU"
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for text in fh:
+            if text.startswith("model name"):
+                model = text.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def _summary(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(out.with_suffix(".summary.json").read_text())
+    return data
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Run parts (a)-(d) and print the table."""
+    started = time.perf_counter()
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    env = child_env()
+    table = Table()
+    server = Server(qps_limit=args.qps, latency_ms=args.latency_ms)
+    try:
+        _pacing_and_cpu(server, env, table, args)
+        _naive(server, table, args.qps, args.naive)
+        _scale(server, env, table, args.distinct, args.rows)
+    finally:
+        server.close()
+    print(table.render())
+    print(f"\nmachine: {machine()}")
+    print(f"bench took {time.perf_counter() - started:.0f} s")
+
+
+def _pacing_and_cpu(
+    server: Server, env: dict[str, str], table: Table, args: argparse.Namespace
+) -> None:
+    qps, n = args.qps, args.people
+    src = write_input(WORK / "pacing.csv", n, n)
+    ideal = n / qps
+    runs: list[tuple[Child, dict[str, Any], dict[str, Any]]] = []
+    bares: list[tuple[Child, dict[str, Any]]] = []
+    # enrich and the bare loop take turns, `repeat` times each: the machine's noise then hits
+    # both alike, and the CPU figures are the best of each (the least disturbed run).
+    for attempt in range(args.repeat):
+        out = WORK / f"pacing{attempt}.enriched.csv"
+        state = WORK / f"pacing{attempt}.sqlite3"  # a fresh journal: every person is called
+        since = server.window()["next"]
+        run = run_child(enrich_argv(src, out, state, server.url, qps), env)
+        runs.append((run, server.window(since), _summary(out)))
+        since = server.window()["next"]
+        bare_argv = [sys.executable, __file__, "--bare", server.url, str(src), str(qps)]
+        bare = run_child([*bare_argv, str(args.concurrency)], env)
+        bares.append((bare, server.window(since)))
+
+    rates = [_rate(seen) for _, seen, _ in runs]
+    worst = min(range(len(runs)), key=rates.__getitem__)
+    seen = runs[worst][1]
+    of = f"worst of {len(runs)}"
+    table.add(
+        "(a)",
+        f"request rate, first to last ({seen['requests']} requests, {of})",
+        f"{rates[worst]:.2f}/s = {rates[worst] / qps:.1%} of --qps {qps:g}",
+        f">= {RATE_SHARE_MIN:.0%}",
+        rates[worst] / qps >= RATE_SHARE_MIN and all(s["requests"] == n for _, s, _ in runs),
+    )
+    rate_limited = sum(s["codes"].get("10011", 0) for _, s, _ in runs)
+    table.add(
+        "(a)",
+        "10011 replies, all runs (server's count)",
+        f"{rate_limited}; busiest 1 s window: {max(s['max_per_second'] for _, s, _ in runs)} "
+        f"requests; enrich retries: {sum(int(m.get('retries', 0)) for _, _, m in runs)}",
+        "0",
+        rate_limited == 0,
+    )
+    slowest = max(run.wall for run, _, _ in runs)
+    table.add(
+        "(a)",
+        f"whole enrich run vs N/qps ({of})",
+        f"{slowest:.2f} s vs {ideal:.2f} s = {slowest / ideal:.3f}x",
+        f"<= {WALL_OVER_IDEAL_MAX:.1f}x",
+        slowest <= WALL_OVER_IDEAL_MAX * ideal and all(r.returncode == 0 for r, _, _ in runs),
+    )
+    bare_rate = min(_rate(seen) for _, seen in bares)
+    table.add(
+        "(a)",
+        "same server, bare loop on a fixed time grid (control)",
+        f"{bare_rate:.2f}/s = {bare_rate / qps:.1%} of --qps {qps:g}",
+    )
+
+    cpu = min(run.cpu for run, _, _ in runs)
+    bare_cpu = min(bare.cpu for bare, _ in bares)
+    ratio = cpu / bare_cpu
+    table.add(
+        "(b)",
+        f"CPU: enrich vs bare aiohttp loop ({n} requests, best of {len(runs)})",
+        f"{cpu:.2f} s vs {bare_cpu:.2f} s = {ratio:.2f}x",
+        f"<= {CPU_RATIO_MAX:.1f}x",
+        ratio <= CPU_RATIO_MAX and all(seen["requests"] == n for _, seen in bares),
+    )
+
+
+def _rate(seen: dict[str, Any]) -> float:
+    """Requests per second from the first arrival to the last."""
+    span = float(seen["last"] - seen["first"]) if seen["requests"] > 1 else 0.0
+    return (seen["requests"] - 1) / span if span > 0 else 0.0
+
+
+def _naive(server: Server, table: Table, qps: float, calls: int) -> None:
+    people = [person(i) for i in range(calls)]
+    rate = naive_client(server.url, people)
+    table.add(
+        "(d)",
+        f"naive serial client ({calls} calls, for contrast)",
+        f"{rate:.1f} req/s = {rate / qps:.0%} of --qps {qps:g}",
+    )
+
+
+def _scale(server: Server, env: dict[str, str], table: Table, distinct: int, rows: int) -> None:
+    state = WORK / "scale.sqlite3"
+    sizes = {"small": rows // 10, "big": rows}
+    files = {size: write_input(WORK / f"rows_{size}.csv", k, distinct) for size, k in sizes.items()}
+    # Warm-up: fills the journal with the `distinct` people (and the page cache with the file).
+    warm = run_child(
+        enrich_argv(files["small"], WORK / "warm.enriched.csv", state, server.url, 50.0), env
+    )
+    if warm.returncode != 0:
+        raise RuntimeError("the warm-up enrich run failed")
+    measured: dict[str, tuple[Child, float]] = {}
+    for size, src in files.items():
+        label = f"{sizes[size]:,} rows"
+        # pandas: best of two, timed inside its process (imports excluded): the stricter yardstick.
+        pandas = [
+            run_child([sys.executable, __file__, "--pandas", str(src), str(WORK / "pd.csv")], env)
+            for _ in range(2)
+        ]
+        pandas_s = min(float(p.stdout.strip() or "nan") for p in pandas)
+        out = WORK / f"rows_{size}.enriched.csv"
+        enrich = run_child(enrich_argv(src, out, state, server.url, 50.0), env)
+        calls = _summary(out).get("api_calls")
+        measured[size] = (enrich, pandas_s)
+        table.add(
+            "(c)",
+            f"{label}, {distinct} people: enrich (API calls: {calls})",
+            f"{enrich.wall:.2f} s wall, {enrich.maxrss_mb:.0f} MB peak RSS",
+        )
+        table.add(
+            "(c)",
+            f"{label}: pandas read_csv + to_csv",
+            f"{pandas_s:.2f} s ({min(p.wall for p in pandas):.2f} s with start-up), "
+            f"{max(p.maxrss_mb for p in pandas):.0f} MB peak RSS",
+        )
+    (small, _), (big, big_pandas) = measured["small"], measured["big"]
+    rss_ratio = big.maxrss_mb / small.maxrss_mb
+    table.add(
+        "(c)",
+        f"peak RSS of enrich, {rows:,} / {rows // 10:,} rows",
+        f"{rss_ratio:.2f}x",
+        f"<= {RSS_RATIO_MAX:.1f}x",
+        rss_ratio <= RSS_RATIO_MAX,
+    )
+    time_ratio = big.wall / big_pandas
+    table.add(
+        "(c)",
+        f"{rows:,} rows: enrich wall / pandas round trip",
+        f"{time_ratio:.2f}x",
+        f"<= {PANDAS_RATIO_MAX:.0f}x",
+        time_ratio <= PANDAS_RATIO_MAX,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python bench/run.py [options]`; the --serve/--bare/--pandas modes are its own children."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--qps", type=float, default=50.0)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--people", type=int, default=500, help="distinct people for (a)/(b)")
+    parser.add_argument("--concurrency", type=int, default=8, help="enrich's default")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of (a)/(b) each")
+    parser.add_argument("--naive", type=int, default=60, help="calls of the naive client")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big file (c)")
+    parser.add_argument("--distinct", type=int, default=200, help="people in the (c) files")
+    parser.add_argument("--serve", nargs=2, type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--pandas", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        _serve(*args.serve)
+    elif args.bare:
+        url, src, qps, concurrency = args.bare
+        _bare_loop(url, Path(src), float(qps), int(concurrency))
+    elif args.pandas:
+        _pandas_round_trip(Path(args.pandas[0]), Path(args.pandas[1]))
+    else:
+        bench(args)
+
+
+if __name__ == "__main__":
+    main()
