@@ -102,6 +102,39 @@ async def test_first_grants_are_spaced_not_burst() -> None:
     assert all(gap == pytest.approx(0.1 * SPACING_MARGIN) for gap in gaps)
 
 
+class LateClock(FakeClock):
+    """Every sleep overruns by `late` seconds, as a real event loop's timers do."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + self.late)
+
+
+async def test_late_wake_ups_do_not_pile_up() -> None:
+    clock = LateClock(late=0.0016)  # the loop's usual lateness, measured by the benchmark
+    times = await _grants(_pacer(50, clock), clock, 501)
+    spacing = SPACING_MARGIN / 50
+    # Measured from each actual grant, 500 slots would take 500 * (spacing + late) = 10.9 s,
+    # 92% of the rate; on the grid only the one-second guard lets some lateness through.
+    assert 500 / times[-1] >= 0.985 * 50
+    assert _max_in_any_window(times) <= 50
+    assert min(b - a for a, b in itertools.pairwise(times)) >= spacing - clock.late
+
+
+async def test_a_long_stall_restarts_the_grid_without_a_catch_up_burst() -> None:
+    clock = LateClock(late=0.0)
+    pacer = _pacer(10, clock)
+    await pacer.acquire()
+    clock.now += 5.0  # nobody asked for a while
+    times = await _grants(pacer, clock, 5)
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(
+        [0.1 * SPACING_MARGIN] * 4
+    )
+
+
 async def test_late_wake_up_does_not_let_the_next_grant_catch_up() -> None:
     clock = FakeClock()
     pacer = _pacer(10, clock)
