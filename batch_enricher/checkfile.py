@@ -15,7 +15,7 @@ from typing import Any, Final
 from batch_enricher.columns import existing_result_columns, find_columns
 from batch_enricher.models import Invalid, Person
 from batch_enricher.reader import open_source
-from batch_enricher.validate import check
+from batch_enricher.validate import check_row
 from batch_enricher.writer import open_writer
 
 REPORT_COLUMNS: Final = ("status", "error_code", "error_reason")
@@ -89,10 +89,7 @@ def validate_file(
     def rows() -> Any:
         for row in source.rows():
             cells = [row[i] if i < len(row) else None for i in keep]
-            fields = (columns.realname, columns.idcard, columns.mobile)
-            outcome = check(*(row[i] if i < len(row) else None for i in fields))
-            if len(row) > width and any(c not in (None, "") for c in row[width:]):
-                outcome = Invalid(None, f"row has {len(row)} cells but the header has {width}")
+            outcome = check_row(row, columns, width)
             result.rows += 1
             if isinstance(outcome, Invalid):
                 result.invalid += 1

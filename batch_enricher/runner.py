@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import aiohttp
 
@@ -56,7 +56,7 @@ from batch_enricher.pacer import Pacer
 from batch_enricher.progress import NullProgress, Progress
 from batch_enricher.reader import Cell, Source, open_source
 from batch_enricher.summary import FileSummary, RunSummary
-from batch_enricher.validate import check
+from batch_enricher.validate import check_row
 from batch_enricher.writer import SummarySheet, open_writer
 
 log = logging.getLogger("batch_enricher")
@@ -169,14 +169,14 @@ def _open_inputs(options: EnrichOptions, outputs: list[Path]) -> list[_Input]:
     return opened
 
 
-class _Rows:
-    """Validates rows and maps people to journal keys, memoising both (rows repeat a lot)."""
+class _Keys:
+    """Maps people to journal keys, memoised: rows repeat, and HMAC is cheap but not free."""
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self._keys: dict[Person, bytes] = {}
 
-    def key(self, person: Person) -> bytes:
+    def __call__(self, person: Person) -> bytes:
         key = self._keys.get(person)
         if key is None:
             if len(self._keys) >= _KEY_CACHE:
@@ -184,24 +184,10 @@ class _Rows:
             key = self._keys[person] = self._journal.key(person)
         return key
 
-    @staticmethod
-    def check(row: Sequence[Cell], columns: ColumnMap, width: int) -> Person | Invalid:
-        """Validate one row; ragged rows get a reason instead of a guess."""
-        if len(row) > width and any(c not in (None, "") for c in row[width:]):
-            return Invalid(
-                None,
-                f"row has {len(row)} cells but the header has {width}; check the file's quoting",
-            )
-
-        def cell(i: int) -> Cell:
-            return row[i] if i < len(row) else None
-
-        return check(cell(columns.realname), cell(columns.idcard), cell(columns.mobile))
-
 
 def _plan(
     inputs: list[_Input],
-    rows: _Rows,
+    keys: _Keys,
     journal: Journal,
     cutoff: float | None,
     summary: RunSummary,
@@ -233,12 +219,12 @@ def _plan(
             if interrupts.requested:
                 break  # nothing is sent after a signal; the write pass still covers every row
             plan.total_rows += 1
-            result = rows.check(row, item.columns, width)
+            result = check_row(row, item.columns, width)
             if isinstance(result, Invalid):
                 plan.resolved_rows += 1
                 plan.already[Status.INVALID] += 1
                 continue
-            key = rows.key(result)
+            key = keys(result)
             if key in seen:
                 summary.duplicates += 1
                 if key in plan.rows_of:
@@ -378,7 +364,7 @@ def _number(raw: str) -> Cell:
 class _Join:
     """What the second pass knows for joining rows with their answers."""
 
-    rows: _Rows
+    keys: _Keys
     journal: Journal
     cutoff: float | None
     outcomes: dict[bytes, Outcome]
@@ -386,32 +372,66 @@ class _Join:
     tables: dict[str, bands_mod.Table]
 
 
-def _joined(item: _Input, join: _Join) -> Iterator[tuple[list[Cell], Status, list[Cell]]]:
-    """Each row of `item` with its status and appended cells, counted into its FileSummary."""
+_Tail = TypeVar("_Tail")
+_NO_BANDS: tuple[str, ...] = ()
+
+
+def _joined(
+    item: _Input, join: _Join, make_tail: Callable[[list[Cell]], _Tail]
+) -> Iterator[tuple[Sequence[Cell], _Tail]]:
+    """Each row of `item` (its kept cells) with its result, counted into its FileSummary.
+
+    A person's result is the same on every row, so it is worked out and prepared for the
+    writer (`make_tail`) once per person, not once per row: on a big file with few people
+    this is most of the second pass's cost.
+    """
     source, columns, keep = item.source, item.columns, item.keep
     fs = item.summary
     width = len(source.headers)
+    whole = keep == list(range(width))  # no earlier result columns to drop
+    statuses = fs.statuses
+    band_counts = [fs.bands.setdefault(model, Counter()) for model in bands_mod.MODELS]
+    per_person: dict[bytes, tuple[Status, _Tail, tuple[str, ...]]] = {}
     for chunk in _chunks(source.rows(), _LOOKUP_BATCH):
-        checked = [join.rows.check(row, columns, width) for row in chunk]
-        keys = [join.rows.key(c) if isinstance(c, Person) else None for c in checked]
-        answers = join.journal.get_many({k for k in keys if k}, newer_than=join.cutoff)
+        checked = [check_row(row, columns, width) for row in chunk]
+        keys = [join.keys(c) if isinstance(c, Person) else None for c in checked]
+        if len(per_person) > _KEY_CACHE:
+            per_person.clear()
+        missing = {k for k in keys if k is not None and k not in per_person}
+        answers = join.journal.get_many(missing, newer_than=join.cutoff) if missing else {}
         for row, result, key in zip(chunk, checked, keys, strict=True):
-            invalid = result if isinstance(result, Invalid) else None
-            answer = answers.get(key) if key is not None else None
-            outcome = join.outcomes.get(key) if key is not None and answer is None else None
-            if answer is not None:
-                status = answer.status
-            elif invalid is not None:
+            if key is None:
+                assert isinstance(result, Invalid)
                 status = Status.INVALID
+                cells = _result_cells(status, None, result, None, "", join.tables)
+                tail, bands = make_tail(cells), _NO_BANDS
             else:
-                status = outcome.status if outcome is not None else Status.SKIPPED
-            cells = _result_cells(status, answer, invalid, outcome, join.skip_reason, join.tables)
-            if status is Status.OK:
-                for model, pos in zip(bands_mod.MODELS, (5, 7, 9), strict=True):
-                    fs.bands.setdefault(model, Counter())[str(cells[pos])] += 1
+                entry = per_person.get(key)
+                if entry is None:
+                    entry = per_person[key] = _person_result(key, answers.get(key), join, make_tail)
+                status, tail, bands = entry
+            statuses[status] += 1
+            if bands:  # ok rows only
+                for counter, band in zip(band_counts, bands, strict=True):
+                    counter[band] += 1
             fs.rows += 1
-            fs.statuses[status] += 1
-            yield [row[i] if i < len(row) else None for i in keep], status, cells
+            if whole and len(row) == width:
+                yield row, tail
+            else:
+                yield [row[i] if i < len(row) else None for i in keep], tail
+
+
+def _person_result(
+    key: bytes, answer: Answer | None, join: _Join, make_tail: Callable[[list[Cell]], _Tail]
+) -> tuple[Status, _Tail, tuple[str, ...]]:
+    outcome = join.outcomes.get(key) if answer is None else None
+    if answer is not None:
+        status = answer.status
+    else:
+        status = outcome.status if outcome is not None else Status.SKIPPED
+    cells = _result_cells(status, answer, None, outcome, join.skip_reason, join.tables)
+    bands = tuple(str(cells[pos]) for pos in (5, 7, 9)) if status is Status.OK else _NO_BANDS
+    return status, make_tail(cells), bands
 
 
 def _write(
@@ -432,8 +452,9 @@ def _write(
         status_column=len(keep),
         escape_formulas=options.escape_formulas,
     ) as writer:
-        for original, _status, cells in _joined(item, join):
-            writer.write_row(original + cells)
+        write_row = writer.write_row
+        for original, tail in _joined(item, join, writer.tail):
+            write_row(original, tail)
         writer.commit(make_sheet(item.summary))
 
 
@@ -490,10 +511,10 @@ async def enrich_async(
         interrupts.installed(enabled=options.handle_signals),
         Journal.open(state, lock_timeout=options.lock_timeout) as journal,
     ):
-        rows = _Rows(journal)
+        keys = _Keys(journal)
         cutoff = None if options.max_age is None else time.time() - options.max_age
         progress.phase("planning")
-        plan = _plan(inputs, rows, journal, cutoff, summary, progress, interrupts)
+        plan = _plan(inputs, keys, journal, cutoff, summary, progress, interrupts)
         outcomes: dict[bytes, Outcome] = {}
         if not options.dry_run:
             progress.start(
@@ -510,7 +531,7 @@ async def enrich_async(
         # answer from this run's first second would look older than the exact cutoff (and
         # with --max-age 0 its row would come out `skipped`). Compare at that resolution.
         join = _Join(
-            rows,
+            keys,
             journal,
             None if cutoff is None else math.floor(cutoff),
             outcomes,
@@ -519,7 +540,7 @@ async def enrich_async(
         )
         for item in inputs:
             if options.dry_run:  # count statuses only: every person still to ask is "skipped"
-                for _ in _joined(item, join):
+                for _ in _joined(item, join, _no_tail):
                     pass
             else:
                 _write(item, join, options, lambda f: sheet_for(f, summary))
@@ -534,6 +555,10 @@ async def enrich_async(
     summary.exit_code = 0 if options.dry_run else exit_code_for(summary)
     progress.close()
     return summary
+
+
+def _no_tail(cells: list[Cell]) -> None:
+    """The dry run's stand-in for `Writer.tail`: nothing is written."""
 
 
 def _skip_reason(control: RunControl, *, dry_run: bool) -> str:

@@ -394,8 +394,8 @@ def test_numeric_and_text_cells_are_cached_apart() -> None:
 def test_repeated_rows_are_answered_from_the_memo() -> None:
     from batch_enricher import validate
 
-    validate._check_cached.cache_clear()
+    validate.check.cache_clear()
     for _ in range(1000):
         check(NAME, ID, MOBILE)
-    info = validate._check_cached.cache_info()
+    info = validate.check.cache_info()
     assert (info.misses, info.hits) == (1, 999)
