@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -174,28 +175,45 @@ class Caller:
         Raises `AccountError` (run aborted), `guards.NotSent` (stopped before sending) or a
         `TransientApiError` subclass (retries exhausted).
         """
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._policy.max_retries + 1),
-            wait=wait_exponential_jitter(
-                multiplier=self._policy.initial,
-                max=self._policy.maximum,
-                jitter=self._policy.initial,
-            ),
-            retry=retry_if_exception_type(TransientApiError),
-            sleep=self._control.sleep,
-            reraise=True,
-            before_sleep=lambda state: self._note_retry(person, state.outcome),
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(person)
+            # Most calls succeed at once; tenacity's per-attempt machinery is a measurable share
+            # of a run's CPU (issue 7's benchmark), so it only starts after a first failure.
+            try:
+                return await self._attempt(person)
+            except TransientApiError as exc:
+                if self._policy.max_retries == 0:
+                    raise
+                self._note_retry(person, exc)
+            return await self._retry(person)
         except QuotaExceededError:
             self._control.quota_gave_up(still_quota=True)
             raise
         except TransientApiError:
             self._control.quota_gave_up(still_quota=False)
             raise
+
+    async def _retry(self, person: Person) -> Answer:
+        """Attempts 2 .. max_retries + 1, each after an exponential, jittered pause."""
+        initial = self._policy.initial
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._policy.max_retries),
+            # The pause after failed attempt n is initial * 2**(n - 1) plus up to `initial` of
+            # jitter, capped. The pause after the first is taken below; tenacity's first
+            # wait is the one after the second attempt, so its base is twice `initial`.
+            wait=wait_exponential_jitter(
+                multiplier=2 * initial, max=self._policy.maximum, jitter=initial
+            ),
+            retry=retry_if_exception_type(TransientApiError),
+            sleep=self._control.sleep,
+            reraise=True,
+            before_sleep=lambda state: self._note_retry(
+                person, state.outcome.exception() if state.outcome else None
+            ),
+        )
+        await self._control.sleep(min(self._policy.maximum, initial + random.uniform(0, initial)))
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(person)
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _attempt(self, person: Person) -> Answer:
@@ -229,10 +247,9 @@ class Caller:
         elif isinstance(exc, AccountError):
             self._control.abort(exc.error_code or 0, f"aborted by the API: {exc}")
 
-    def _note_retry(self, person: Person, outcome: object) -> None:
+    def _note_retry(self, person: Person, exc: BaseException | None) -> None:
         self.stats.retries += 1
         if log.isEnabledFor(logging.DEBUG):
-            exc = getattr(outcome, "exception", lambda: None)()
             log.debug(
                 "retrying %s / %s after: %s",
                 mask_idcard(person.idcard),
