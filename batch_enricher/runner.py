@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import itertools
 import logging
 import math
 import ssl
@@ -26,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 import aiohttp
 
@@ -62,7 +63,7 @@ from batch_enricher.writer import SummarySheet, open_writer
 log = logging.getLogger("batch_enricher")
 
 _LOOKUP_BATCH: Final = 500  # keys per journal look-up while planning and writing
-_KEY_CACHE: Final = 1 << 16  # memoised identity keys (HMAC is cheap, but not free at 1M rows)
+_MEMO_SIZE: Final = 1 << 16  # rows' verdicts and people's results kept in memory at most
 
 
 @dataclass
@@ -169,25 +170,41 @@ def _open_inputs(options: EnrichOptions, outputs: list[Path]) -> list[_Input]:
     return opened
 
 
-class _Keys:
-    """Maps people to journal keys, memoised: rows repeat, and HMAC is cheap but not free."""
+class _Rows:
+    """A row's verdict (`Person` or `Invalid`) and journal key, memoised on its raw fields.
+
+    Big files repeat few people, so most rows are one dict look-up on the three raw cells:
+    cheaper than validating (even memoised) and hashing the `Person` to find its key.
+    Only all-text triples are memoised here: `check` tells an int from an equal float, a
+    plain dict would not.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
-        self._keys: dict[Person, bytes] = {}
+        #: raw (name, ID, mobile) cells → verdict and key; the hot loops read it directly
+        self.memo: dict[tuple[Cell, Cell, Cell], tuple[Person | Invalid, bytes | None]] = {}
 
-    def __call__(self, person: Person) -> bytes:
-        key = self._keys.get(person)
-        if key is None:
-            if len(self._keys) >= _KEY_CACHE:
-                self._keys.clear()
-            key = self._keys[person] = self._journal.key(person)
-        return key
+    def __call__(
+        self, row: Sequence[Cell], columns: ColumnMap, width: int
+    ) -> tuple[Person | Invalid, bytes | None]:
+        raw = None
+        if len(row) == width:
+            raw = (row[columns.realname], row[columns.idcard], row[columns.mobile])
+            hit = self.memo.get(raw)
+            if hit is not None:
+                return hit
+        result = check_row(row, columns, width)
+        entry = (result, self._journal.key(result) if isinstance(result, Person) else None)
+        if raw is not None and all(type(cell) is str for cell in raw):
+            if len(self.memo) >= _MEMO_SIZE:
+                self.memo.clear()
+            self.memo[raw] = entry
+        return entry
 
 
 def _plan(
     inputs: list[_Input],
-    keys: _Keys,
+    rows: _Rows,
     journal: Journal,
     cutoff: float | None,
     summary: RunSummary,
@@ -213,18 +230,22 @@ def _plan(
                 plan.to_call.append((key, person))
         pending.clear()
 
+    memo = rows.memo
     for item in inputs:
+        columns = item.columns
         width = len(item.source.headers)
+        n_at, i_at, m_at = columns.realname, columns.idcard, columns.mobile
         for row in item.source.rows():
             if interrupts.requested:
                 break  # nothing is sent after a signal; the write pass still covers every row
             plan.total_rows += 1
-            result = check_row(row, item.columns, width)
-            if isinstance(result, Invalid):
+            hit = memo.get((row[n_at], row[i_at], row[m_at])) if len(row) == width else None
+            result, key = hit if hit is not None else rows(row, columns, width)
+            if key is None:
                 plan.resolved_rows += 1
                 plan.already[Status.INVALID] += 1
                 continue
-            key = keys(result)
+            assert isinstance(result, Person)
             if key in seen:
                 summary.duplicates += 1
                 if key in plan.rows_of:
@@ -364,7 +385,7 @@ def _number(raw: str) -> Cell:
 class _Join:
     """What the second pass knows for joining rows with their answers."""
 
-    keys: _Keys
+    rows: _Rows
     journal: Journal
     cutoff: float | None
     outcomes: dict[bytes, Outcome]
@@ -376,54 +397,79 @@ _Tail = TypeVar("_Tail")
 _NO_BANDS: tuple[str, ...] = ()
 
 
+class _Result(Generic[_Tail]):
+    """One person's result in the write pass, and how many rows it has been written to."""
+
+    __slots__ = ("bands", "rows", "status", "tail")
+
+    def __init__(self, status: Status, tail: _Tail, bands: tuple[str, ...]) -> None:
+        self.status, self.tail, self.bands, self.rows = status, tail, bands, 0
+
+
 def _joined(
     item: _Input, join: _Join, make_tail: Callable[[list[Cell]], _Tail]
 ) -> Iterator[tuple[Sequence[Cell], _Tail]]:
     """Each row of `item` (its kept cells) with its result, counted into its FileSummary.
 
     A person's result is the same on every row, so it is worked out and prepared for the
-    writer (`make_tail`) once per person, not once per row: on a big file with few people
-    this is most of the second pass's cost.
+    writer (`make_tail`) once per person, not once per row, and rows are counted per person
+    and added up at the end: on a big file with few people the per-row work is the cost.
     """
     source, columns, keep = item.source, item.columns, item.keep
     fs = item.summary
     width = len(source.headers)
     whole = keep == list(range(width))  # no earlier result columns to drop
-    statuses = fs.statuses
-    band_counts = [fs.bands.setdefault(model, Counter()) for model in bands_mod.MODELS]
-    per_person: dict[bytes, tuple[Status, _Tail, tuple[str, ...]]] = {}
-    for chunk in _chunks(source.rows(), _LOOKUP_BATCH):
-        checked = [check_row(row, columns, width) for row in chunk]
-        keys = [join.keys(c) if isinstance(c, Person) else None for c in checked]
-        if len(per_person) > _KEY_CACHE:
-            per_person.clear()
-        missing = {k for k in keys if k is not None and k not in per_person}
-        answers = join.journal.get_many(missing, newer_than=join.cutoff) if missing else {}
-        for row, result, key in zip(chunk, checked, keys, strict=True):
-            if key is None:
-                assert isinstance(result, Invalid)
-                status = Status.INVALID
-                cells = _result_cells(status, None, result, None, "", join.tables)
-                tail, bands = make_tail(cells), _NO_BANDS
-            else:
-                entry = per_person.get(key)
-                if entry is None:
-                    entry = per_person[key] = _person_result(key, answers.get(key), join, make_tail)
-                status, tail, bands = entry
-            statuses[status] += 1
-            if bands:  # ok rows only
-                for counter, band in zip(band_counts, bands, strict=True):
-                    counter[band] += 1
-            fs.rows += 1
-            if whole and len(row) == width:
-                yield row, tail
-            else:
-                yield [row[i] if i < len(row) else None for i in keep], tail
+    memo, resolve = join.rows.memo, join.rows
+    n_at, i_at, m_at = columns.realname, columns.idcard, columns.mobile
+    per_person: dict[bytes, _Result[_Tail]] = {}
+    try:
+        for chunk in _chunks(source.rows(), _LOOKUP_BATCH):
+            checked = [
+                (memo.get((row[n_at], row[i_at], row[m_at])) if len(row) == width else None)
+                or resolve(row, columns, width)
+                for row in chunk
+            ]
+            if len(per_person) > _MEMO_SIZE:
+                _count(per_person.values(), fs)
+                per_person.clear()
+            missing = {k for _, k in checked if k is not None and k not in per_person}
+            answers = join.journal.get_many(missing, newer_than=join.cutoff) if missing else {}
+            for row, (verdict, key) in zip(chunk, checked, strict=True):
+                if key is None:
+                    assert isinstance(verdict, Invalid)
+                    cells = _result_cells(Status.INVALID, None, verdict, None, "", join.tables)
+                    fs.statuses[Status.INVALID] += 1
+                    fs.rows += 1
+                    tail = make_tail(cells)
+                else:
+                    result = per_person.get(key)
+                    if result is None:
+                        result = per_person[key] = _person_result(
+                            key, answers.get(key), join, make_tail
+                        )
+                    result.rows += 1
+                    tail = result.tail
+                if whole and len(row) == width:
+                    yield row, tail
+                else:
+                    yield [row[i] if i < len(row) else None for i in keep], tail
+    finally:
+        _count(per_person.values(), fs)
+
+
+def _count(results: Iterable[_Result[_Tail]], fs: FileSummary) -> None:
+    """Add people's rows to the file's status and band counts."""
+    for result in results:
+        fs.rows += result.rows
+        fs.statuses[result.status] += result.rows
+        for model, band in zip(bands_mod.MODELS, result.bands, strict=False):
+            fs.bands.setdefault(model, Counter())[band] += result.rows
+        result.rows = 0
 
 
 def _person_result(
     key: bytes, answer: Answer | None, join: _Join, make_tail: Callable[[list[Cell]], _Tail]
-) -> tuple[Status, _Tail, tuple[str, ...]]:
+) -> _Result[_Tail]:
     outcome = join.outcomes.get(key) if answer is None else None
     if answer is not None:
         status = answer.status
@@ -431,7 +477,7 @@ def _person_result(
         status = outcome.status if outcome is not None else Status.SKIPPED
     cells = _result_cells(status, answer, None, outcome, join.skip_reason, join.tables)
     bands = tuple(str(cells[pos]) for pos in (5, 7, 9)) if status is Status.OK else _NO_BANDS
-    return status, make_tail(cells), bands
+    return _Result(status, make_tail(cells), bands)
 
 
 def _write(
@@ -459,13 +505,9 @@ def _write(
 
 
 def _chunks(rows: Iterable[list[Cell]], size: int) -> Iterator[list[list[Cell]]]:
-    chunk: list[list[Cell]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
+    """Lists of up to `size` rows (islice does the batching in C)."""
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
         yield chunk
 
 
@@ -511,10 +553,10 @@ async def enrich_async(
         interrupts.installed(enabled=options.handle_signals),
         Journal.open(state, lock_timeout=options.lock_timeout) as journal,
     ):
-        keys = _Keys(journal)
+        rows = _Rows(journal)
         cutoff = None if options.max_age is None else time.time() - options.max_age
         progress.phase("planning")
-        plan = _plan(inputs, keys, journal, cutoff, summary, progress, interrupts)
+        plan = _plan(inputs, rows, journal, cutoff, summary, progress, interrupts)
         outcomes: dict[bytes, Outcome] = {}
         if not options.dry_run:
             progress.start(
@@ -531,7 +573,7 @@ async def enrich_async(
         # answer from this run's first second would look older than the exact cutoff (and
         # with --max-age 0 its row would come out `skipped`). Compare at that resolution.
         join = _Join(
-            keys,
+            rows,
             journal,
             None if cutoff is None else math.floor(cutoff),
             outcomes,

@@ -133,8 +133,11 @@ def open_writer(
                 sheet_title=sheet_title,
             )
         else:
-            stream = open(fd, "w", encoding="utf-8-sig", newline="", buffering=1 << 20)  # noqa: SIM115
+            # UTF-8 with a BOM, so Excel opens it as UTF-8. The BOM is written by hand: the
+            # "utf-8-sig" codec is pure Python and runs on every row, plain "utf-8" runs in C.
+            stream = open(fd, "w", encoding="utf-8", newline="", buffering=1 << 20)  # noqa: SIM115
             fd_open = False  # the stream owns it now, and the writer owns the stream
+            stream.write("\ufeff")
             writer = _CsvWriter(path, Path(temp), stream, _DELIMITERS[suffix], escape_formulas)
     except BaseException:
         if fd_open:
@@ -508,10 +511,15 @@ def _plain_head(cells: Sequence[Cell]) -> bool:
     line break only when it writes the row's line ending itself), and more than one cell (a
     lone empty cell is written as "" on its own).
     """
-    if len(cells) < 2 or set(map(type, cells)) != _TEXT_ONLY:
+    if len(cells) < 2:
         return False
-    joined = "\x00".join(("", *cells))  # type: ignore[arg-type]
-    return not (_DANGEROUS_START.search(joined) or "\n" in joined or "\r" in joined)
+    try:
+        # In C: a non-text cell raises. The leading NUL puts the first cell like the others.
+        joined = "\x00" + "\x00".join(cells)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    # Plain `in` scans are memchr-fast; one regex with alternation measured 3x slower.
+    return not ("\n" in joined or "\r" in joined or _DANGEROUS_START.search(joined))
 
 
 def _escaped_text(value: Cell) -> str:
