@@ -129,13 +129,14 @@ def format_summary(summary: RunSummary) -> str:
             f"batch-enricher: finished in {summary.elapsed_s:.1f} s, exit {summary.exit_code} "
             f"({meaning})"
         )
+    dry = summary.dry_run
     for f in summary.files:
-        target = f" → {f.output}" if f.output and not summary.dry_run else ""
-        lines.append(f"  {f.input}: {f.rows} row(s): {_status_counts(f.statuses)}{target}")
+        target = f" → {f.output}" if f.output and not dry else ""
+        lines.append(f"  {f.input}: {f.rows} row(s): {_status_counts(f.statuses, dry)}{target}")
     if len(summary.files) > 1:
         total = Counter({s: summary.count(s) for s in Status})
         lines.append(
-            f"  all {len(summary.files)} files: {summary.rows} row(s): {_status_counts(total)}"
+            f"  all {len(summary.files)} files: {summary.rows} row(s): {_status_counts(total, dry)}"
         )
     if not summary.dry_run:
         elapsed = summary.elapsed_s
@@ -150,7 +151,13 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def _status_counts(counts: Mapping[Status, int]) -> str:
+def _status_counts(counts: Mapping[Status, int], dry_run: bool = False) -> str:
+    if dry_run:  # nothing was sent: a row not yet answered would be sent, not skipped
+        return (
+            f"invalid {counts.get(Status.INVALID, 0)} · from the journal: "
+            f"ok {counts.get(Status.OK, 0)}, rejected {counts.get(Status.REJECTED, 0)}"
+            f" · to send {counts.get(Status.SKIPPED, 0)}"
+        )
     return " · ".join(f"{s.value} {counts.get(s, 0)}" for s in Status)
 
 

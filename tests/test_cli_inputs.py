@@ -188,6 +188,7 @@ def test_dry_run_sends_nothing_and_reports_distinct_people(
     doc = json.loads(summary.read_text(encoding="utf-8"))
     assert (doc["identities"], doc["would_call"], doc["max_billable"]) == (6, 6, 6)
     assert "6 call(s) would be made" in result.output
+    assert "invalid 1 · from the journal: ok 0, rejected 0 · to send 8" in result.output
 
     assert _enrich(run, server, str(src)).exit_code == 0  # pay for them once
     again = _enrich(run, server, str(src), "--dry-run", "--summary-json", str(summary))
