@@ -141,6 +141,18 @@ def run(state: Path) -> Callable[..., Result]:
     return invoke
 
 
+@pytest.fixture
+def enrich_at(run: Callable[..., Result]) -> Callable[..., Result]:
+    """`enrich` against a test server, with quick retries: `enrich_at(server, "in.csv", ...)`."""
+
+    def invoke(
+        server: Served, *args: str, key: str = "k", env: dict[str, str] | None = None
+    ) -> Result:
+        return run("enrich", *args, "--key", key, "--endpoint", server.url, *fast(), env=env)
+
+    return invoke
+
+
 def fast(*extra: str) -> list[str]:
     """Flags that keep retries quick in tests (backoff in milliseconds, not seconds)."""
     return ["--retry-initial", "0.005", "--retry-max", "0.05", "--qps", "500", *extra]

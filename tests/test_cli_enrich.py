@@ -226,27 +226,22 @@ def test_every_row_gets_exactly_the_reference_band_xlsx(
 
 
 def test_transient_faults_are_retried_until_every_row_is_final(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox(fault_rate=0.15, seed=7)
     people = [person(i) for i in range(80)]
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
     summary = tmp_path / "summary.json"
 
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(src),
         "-o",
         str(tmp_path / "out.csv"),
-        "--key",
-        "k",
-        "--endpoint",
-        server.url,
         "--max-retries",
         "6",
         "--summary-json",
         str(summary),
-        *fast(),
     )
 
     assert result.exit_code == 0, result.output
@@ -294,23 +289,18 @@ def test_qps_is_never_exceeded_in_any_second_and_is_used_fully(
 
 
 def test_rejections_are_final_and_never_retried(
-    tmp_path: Path, serve_app: Callable[..., Served], run: Run
+    tmp_path: Path, serve_app: Callable[..., Served], enrich_at: Run
 ) -> None:
     people = [person(i) for i in range(4)]
     script = {p[1]: {"reason": "查询失败", "error_code": 281505, "result": None} for p in people}
     server = serve_app(_scripted_app(script))
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
 
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(src),
         "-o",
         str(tmp_path / "o.csv"),
-        "--key",
-        "k",
-        "--endpoint",
-        server.url,
-        *fast(),
     )
 
     assert result.exit_code == 0, result.output
@@ -319,7 +309,7 @@ def test_rejections_are_final_and_never_retried(
 
 
 def test_invalid_rows_are_never_sent_and_say_why(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     good = person(1)
@@ -333,16 +323,11 @@ def test_invalid_rows_are_never_sent_and_say_why(
         ],
     )
 
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(src),
         "-o",
         str(tmp_path / "o.csv"),
-        "--key",
-        "k",
-        "--endpoint",
-        server.url,
-        *fast(),
     )
 
     assert result.exit_code == 0, result.output

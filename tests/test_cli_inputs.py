@@ -12,17 +12,13 @@ import xlwt
 from click.testing import Result
 from stdnum.cn.ric import calc_check_digit
 
-from tests.conftest import Served, fast, person, read_csv, write_csv
+from tests.conftest import Served, person, read_csv, write_csv
 
 Run = Callable[..., Result]
 
 
-def _enrich(run: Run, server: Served, *args: str) -> Result:
-    return run("enrich", *args, "--key", "k", "--endpoint", server.url, *fast())
-
-
 def test_gbk_csv_with_chinese_headers_round_trips(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     people = [person(i) for i in range(5)]
@@ -32,7 +28,7 @@ def test_gbk_csv_with_chinese_headers_round_trips(
     ]
     src.write_bytes(("\r\n".join(lines) + "\r\n").encode("gbk"))
 
-    result = _enrich(run, server, str(src), "-o", str(tmp_path / "out.csv"))
+    result = enrich_at(server, str(src), "-o", str(tmp_path / "out.csv"))
 
     assert result.exit_code == 0, result.output
     rows = read_csv(tmp_path / "out.csv")
@@ -43,7 +39,7 @@ def test_gbk_csv_with_chinese_headers_round_trips(
 
 
 def test_utf8_tsv_and_english_headers_with_odd_spacing(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     people = [person(i) for i in range(4)]
@@ -53,7 +49,7 @@ def test_utf8_tsv_and_english_headers_with_odd_spacing(
         encoding="utf-8",
     )
 
-    result = _enrich(run, server, str(src))
+    result = enrich_at(server, str(src))
 
     assert result.exit_code == 0, result.output
     out = tmp_path / "in.enriched.tsv"
@@ -63,7 +59,7 @@ def test_utf8_tsv_and_english_headers_with_odd_spacing(
 
 
 def test_xls_input_is_read_and_written_as_xlsx(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     people = [person(i) for i in range(3)]
@@ -79,7 +75,7 @@ def test_xls_input_is_read_and_written_as_xlsx(
     src = tmp_path / "legacy.xls"
     book.save(str(src))
 
-    result = _enrich(run, server, str(src), "--sheet", "客户")
+    result = enrich_at(server, str(src), "--sheet", "客户")
 
     assert result.exit_code == 0, result.output
     out = tmp_path / "legacy.enriched.xlsx"
@@ -94,7 +90,7 @@ def _fullwidth(text: str) -> str:
 
 
 def test_messy_values_are_sent_normalised_and_rounded_ids_never_sent(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     p = [person(i) for i in range(10, 20)]
@@ -125,7 +121,7 @@ def test_messy_values_are_sent_normalised_and_rounded_ids_never_sent(
     wb.save(src)
     out = tmp_path / "out.xlsx"
 
-    result = _enrich(run, server, str(src), "-o", str(out))
+    result = enrich_at(server, str(src), "-o", str(out))
 
     assert result.exit_code == 0, result.output
     received = set(server.stats.received)
@@ -173,14 +169,14 @@ def test_validate_sends_nothing_and_counts_problems(tmp_path: Path, run: Run) ->
 
 
 def test_dry_run_sends_nothing_and_reports_distinct_people(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     people = [list(person(i)) for i in range(6)]
     src = write_csv(tmp_path / "in.csv", people + people[:2] + [["", "1", "2"]])
     summary = tmp_path / "s.json"
 
-    result = _enrich(run, server, str(src), "--dry-run", "--summary-json", str(summary))
+    result = enrich_at(server, str(src), "--dry-run", "--summary-json", str(summary))
 
     assert result.exit_code == 0, result.output
     assert server.stats.requests == 0
@@ -190,8 +186,8 @@ def test_dry_run_sends_nothing_and_reports_distinct_people(
     assert "6 call(s) would be made" in result.output
     assert "invalid 1 · from the journal: ok 0, rejected 0 · to send 8" in result.output
 
-    assert _enrich(run, server, str(src)).exit_code == 0  # pay for them once
-    again = _enrich(run, server, str(src), "--dry-run", "--summary-json", str(summary))
+    assert enrich_at(server, str(src)).exit_code == 0  # pay for them once
+    again = enrich_at(server, str(src), "--dry-run", "--summary-json", str(summary))
     doc = json.loads(summary.read_text(encoding="utf-8"))
     assert again.exit_code == 0 and (doc["reused"], doc["would_call"]) == (6, 0)
 
@@ -248,7 +244,7 @@ def test_bad_files_get_one_line_and_exit_1_and_no_output(
 
 
 def test_ragged_rows_get_a_reason_not_a_crash(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     n, i, m = person(1)
@@ -258,7 +254,7 @@ def test_ragged_rows_get_a_reason_not_a_crash(
         encoding="utf-8",
     )
 
-    result = _enrich(run, server, str(src), "-o", str(tmp_path / "o.csv"))
+    result = enrich_at(server, str(src), "-o", str(tmp_path / "o.csv"))
 
     assert result.exit_code == 0, result.output
     rows = read_csv(tmp_path / "o.csv")

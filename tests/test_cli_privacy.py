@@ -29,7 +29,7 @@ def _people(n: int) -> list[tuple[str, str, str]]:
 
 
 def test_verbose_log_holds_no_id_mobile_name_or_key(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox(key=KEY, fault_rate=0.3, seed=3)
     people = _people(30)
@@ -45,21 +45,17 @@ def test_verbose_log_holds_no_id_mobile_name_or_key(
     src = write_csv(tmp_path / "in.csv", [list(p) for p in people] + bad)
     log = tmp_path / "run.log"
 
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(src),
         "-o",
         str(tmp_path / "out.csv"),
         "-v",
         "--log-file",
         str(log),
-        "--key",
-        KEY,
-        "--endpoint",
-        server.url,
         "--max-retries",
         "8",
-        *fast(),
+        key=KEY,
     )
 
     assert result.exit_code == 0, result.output
@@ -103,7 +99,7 @@ def test_journal_files_hold_no_plaintext_and_are_private(
 
 
 def test_every_request_is_a_form_post_with_our_user_agent(
-    tmp_path: Path, serve_app: Callable[..., Served], run: Run
+    tmp_path: Path, serve_app: Callable[..., Served], enrich_at: Run
 ) -> None:
     agents: list[str] = []
     app = make_app(SandboxConfig())
@@ -119,16 +115,12 @@ def test_every_request_is_a_form_post_with_our_user_agent(
     server = serve_app(app)
     src = write_csv(tmp_path / "in.csv", [list(p) for p in _people(10)])
 
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(src),
         "-o",
         str(tmp_path / "o.csv"),
-        "--key",
-        KEY,
-        "--endpoint",
-        server.url,
-        *fast(),
+        key=KEY,
     )
 
     assert result.exit_code == 0, result.output
@@ -149,20 +141,16 @@ def _formula_input(tmp_path: Path) -> Path:
 
 
 def test_xlsx_output_has_no_formula_cell(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     out = tmp_path / "out.xlsx"
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(_formula_input(tmp_path)),
         "-o",
         str(out),
-        "--key",
-        KEY,
-        "--endpoint",
-        server.url,
-        *fast(),
+        key=KEY,
     )
     assert result.exit_code == 0, result.output
     sheet = openpyxl.load_workbook(out).worksheets[0]
@@ -175,20 +163,16 @@ def test_xlsx_output_has_no_formula_cell(
 
 
 def test_csv_output_has_no_cell_starting_like_a_formula(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
     out = tmp_path / "out.csv"
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(_formula_input(tmp_path)),
         "-o",
         str(out),
-        "--key",
-        KEY,
-        "--endpoint",
-        server.url,
-        *fast(),
+        key=KEY,
     )
     assert result.exit_code == 0, result.output
     with out.open(encoding="utf-8-sig", newline="") as fh:
@@ -197,17 +181,13 @@ def test_csv_output_has_no_cell_starting_like_a_formula(
     assert "'=1+1" in cells and "'=备注" in cells
 
     plain = tmp_path / "plain.csv"
-    result = run(
-        "enrich",
+    result = enrich_at(
+        server,
         str(_formula_input(tmp_path)),
         "-o",
         str(plain),
-        "--key",
-        KEY,
-        "--endpoint",
-        server.url,
         "--no-escape-formulas",
-        *fast(),
+        key=KEY,
     )
     assert result.exit_code == 0, result.output
     with plain.open(encoding="utf-8-sig", newline="") as fh:
