@@ -69,6 +69,9 @@ class RunControl:
         """Wait until this task may send one request, or raise `NotSent`."""
         me = asyncio.current_task()
         while self._quota is _Quota.PROBING and self._quota_probe is not me:
+            # A stop sets `_quota_clear` while the probe may still be probing: check first, or
+            # this loop would spin without ever yielding and hang the run.
+            self.check()
             await self._quota_clear.wait()
         self.check()
 
