@@ -218,9 +218,15 @@ class Caller:
 
     async def _attempt(self, person: Person) -> Answer:
         await self._control.admit()
-        await self._pacer.acquire()
-        self._control.check()  # the run may have stopped while we waited for a slot
+        # Budget before the pacer: a call that waited for budget after taking its slot would go
+        # out whenever a reply freed the budget, on top of fresh slots, and break --qps.
         await self._control.reserve()
+        try:
+            await self._pacer.acquire()
+            self._control.check()  # the run may have stopped while we waited for a slot
+        except BaseException:
+            self._control.settle(billed=False)
+            raise
         self.stats.api_calls += 1
         try:
             answer = await self._client.request(person)
