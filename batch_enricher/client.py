@@ -222,8 +222,7 @@ class Caller:
         # out whenever a reply freed the budget, on top of fresh slots, and break --qps.
         await self._control.reserve()
         try:
-            await self._pacer.acquire()
-            self._control.check()  # the run may have stopped while we waited for a slot
+            await self._control.paced(self._pacer.acquire)
         except BaseException:
             self._control.settle(billed=False)
             raise

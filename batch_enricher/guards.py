@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 
@@ -40,6 +41,7 @@ class RunControl:
         self._quota_probe: asyncio.Task[object] | None = None
         self._quota_clear = asyncio.Event()
         self._quota_clear.set()
+        self._pacing: set[asyncio.Task[object]] = set()  # tasks waiting for a send slot
 
     @property
     def stopped(self) -> bool:
@@ -53,6 +55,12 @@ class RunControl:
         self._stopped.set()
         self._quota_clear.set()  # wake anyone waiting on the quota probe so they see the stop
         self._changed.set()  # and anyone waiting for budget
+        # and cut short anyone waiting for a send slot: at a low or slowed-down rate, a queue
+        # of workers each sleeping until its slot only to give up would delay the exit by
+        # (workers x spacing), which can be minutes.
+        pacing, self._pacing = self._pacing, set()
+        for task in pacing:
+            task.cancel()
 
     def abort(self, code: int, reason: str) -> None:
         """An account-level code: stop at once and remember the code for the exit status."""
@@ -74,6 +82,23 @@ class RunControl:
             self.check()
             await self._quota_clear.wait()
         self.check()
+
+    async def paced(self, wait: Callable[[], Awaitable[None]]) -> None:
+        """Await `wait()` (the pacer's slot), or raise `NotSent` at once if the run stops."""
+        self.check()
+        task = asyncio.current_task()
+        assert task is not None
+        self._pacing.add(task)
+        try:
+            await wait()
+        except asyncio.CancelledError:
+            # Only our own cancel (from `stop`) becomes NotSent; anyone else's goes on.
+            if self.stopped and task.uncancel() == 0:
+                raise NotSent(self.stop_reason or "stopped") from None
+            raise
+        finally:
+            self._pacing.discard(task)
+        self.check()  # the run may have stopped the moment the slot came
 
     def check(self) -> None:
         """Raise `NotSent` if the run has stopped."""
