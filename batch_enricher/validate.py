@@ -6,10 +6,11 @@ certainties, as DESIGN.md "Local validation" asks:
 
 ID number (281501)
     18 characters: 17 digits and a digit or X; the ISO 7064 MOD 11-2 check digit; a birth date
-    that exists, is not before 1900 and not in the future. A 15-digit legacy number is upgraded
-    to 18 digits. An ID that Excel stored as a number (>= 16 digits as a numeric cell, text in
-    scientific notation, or 18 digits ending "000" whose check digit fails) has lost the digits
-    after the 15th and is flagged, never sent. There is no birth-place (region) check.
+    that exists, is not before 1900 and not in the future anywhere (after today in UTC+14).
+    A 15-digit legacy number is upgraded to 18 digits. An ID that Excel stored as a number
+    (>= 16 digits as a numeric cell, text in scientific notation, or 18 digits ending "000"
+    whose check digit fails) has lost the digits after the 15th and is flagged, never sent.
+    There is no birth-place (region) check.
 Name (281502)
     Not empty, at most 50 characters, no digits, no control characters, and no punctuation or
     symbols other than the middle dot "·", and the apostrophe, hyphen, period and single inner
@@ -87,6 +88,9 @@ _CJK_RE: Final = re.compile(
 )
 # Allowed besides letters, marks and CJK: "·" always; these only in Latin-script names.
 _LATIN_NAME_PUNCTUATION: Final = frozenset(" '-.")
+
+#: The time zone whose calendar date is ahead of every other's.
+_LATEST_ZONE: Final = dt.timezone(dt.timedelta(hours=14))
 
 _EXCEL_ROUNDED: Final = (
     "stored as a number by Excel, digits after the 15th are lost; export the column as text"
@@ -273,9 +277,18 @@ def _birth_date_problem(yyyymmdd: str) -> str | None:
         return f"birth date {shown} does not exist"
     if born.year < 1900:
         return f"birth date {shown} is before 1900"
-    if born > dt.date.today():
+    if born > _latest_today():
         return f"birth date {shown} is in the future"
     return None
+
+
+def _latest_today() -> dt.date:
+    """Today's date where it is latest (UTC+14): a birth date after it is certainly future.
+
+    The machine's own date is not enough: a UTC server running at 01:00 in Beijing would call
+    someone born that day in China "born in the future".
+    """
+    return dt.datetime.now(_LATEST_ZONE).date()
 
 
 def _check_name(value: object) -> str | _Problem:
