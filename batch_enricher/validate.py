@@ -25,11 +25,12 @@ Normalisation (also exposed as `normalise_idcard`, `normalise_mobile`, `normalis
     ID and mobile: NFKC (full-width to half-width), all whitespace and invisible characters
     removed, a leading apostrophe (a spreadsheet "text" marker) removed; ID: x -> X; mobile:
     separators (space - . parentheses) and a +86 / 0086 / (86) / 86- country prefix removed.
-    Name: full-width ASCII to half-width (not full NFKC, which would rewrite compatibility
-    ideographs that people's names really use), look-alike middle dots to "·" (U+00B7),
-    curly apostrophes and dash variants to ASCII. A name holding any CJK character loses all
-    spaces (and "." becomes "·", the separator it stands for in minority names); a
-    Latin-script name keeps single inner spaces ("Ayşe  Nur" -> "Ayşe Nur").
+    Name: canonical composition (NFC, so a decomposed "Nguyễn" is the same person) except for
+    compatibility ideographs; full-width ASCII to half-width (not full NFKC, which would
+    rewrite compatibility ideographs that people's names really use), look-alike middle dots
+    to "·" (U+00B7), curly apostrophes and dash variants to ASCII. A name holding any CJK
+    character loses all spaces (and "." becomes "·", the separator it stands for in minority
+    names); a Latin-script name keeps single inner spaces ("Ayşe  Nur" -> "Ayşe Nur").
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ _CJK_RE: Final = re.compile(
     "[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\ue000-\uf8ff"
     "\U00020000-\U0003ffff\U000f0000-\U0010ffff]"
 )
+# CJK compatibility ideographs: NFC maps each to a unified ideograph, but registered names use
+# them as they are, so canonical composition (of decomposed accents) skips them.
+_COMPAT_IDEOGRAPHS_RE: Final = re.compile("([\uf900-\ufaff\U0002f800-\U0002fa1f])")
 # Allowed besides letters, marks and CJK: "·" always; these only in Latin-script names.
 _LATIN_NAME_PUNCTUATION: Final = frozenset(" '-.")
 
@@ -132,10 +136,22 @@ def normalise_name(value: str) -> str:
     >>> normalise_name("  Ayşe   Nur ")
     'Ayşe Nur'
     """
-    text = _SPACE_RE.sub(" ", value.translate(_NAME_TRANSLATION)).strip()
+    text = _SPACE_RE.sub(" ", _compose(value).translate(_NAME_TRANSLATION)).strip()
     if _CJK_RE.search(text):
         return text.replace(" ", "").replace(".", "·")
     return text
+
+
+def _compose(text: str) -> str:
+    """Canonical composition (NFC), except for CJK compatibility ideographs.
+
+    Files saved on macOS often hold "Nguyễn" decomposed (e + combining marks): the same person,
+    who must get the same spelling (one identity, one paid call) and the same length.
+    """
+    if unicodedata.is_normalized("NFC", text):
+        return text
+    parts = _COMPAT_IDEOGRAPHS_RE.split(text)  # odd positions hold the ideographs themselves
+    return "".join(p if i % 2 else unicodedata.normalize("NFC", p) for i, p in enumerate(parts))
 
 
 # typed=True keeps 13812345678 (int) and 13812345678.0 (float) apart from the text, which matters

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+import unicodedata
 from collections.abc import Iterator
 
 import pytest
 
 from batch_enricher.models import Invalid, Person
-from batch_enricher.validate import check
+from batch_enricher.validate import check, normalise_name
 
 MOBILE = "13812345678"
 
@@ -54,3 +55,33 @@ def test_birth_date_that_is_today_somewhere_is_not_in_the_future() -> None:
     future = check("张三", _id_born(latest_today + dt.timedelta(days=1)), MOBILE)
     assert isinstance(future, Invalid)
     assert "in the future" in future.reason
+
+
+def test_decomposed_name_is_the_same_person_as_composed() -> None:
+    """Files saved on a Mac often hold names in NFD (e + combining marks): it is the same person
+    as the NFC spelling, so it must normalise (and be sent, and deduplicated) identically."""
+    composed = "Nguyễn Văn An"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    assert normalise_name(decomposed) == composed
+    result = check(decomposed, _with_check_digit("11010119900307001"), MOBILE)
+    assert isinstance(result, Person)
+    assert result.realname == composed
+
+
+def test_decomposed_name_of_fifty_letters_is_not_too_long() -> None:
+    """The 50-character limit counts characters, not the code points of a decomposed spelling."""
+    name = ("Nguyễn Văn An " * 4)[:50]
+    assert len(name) == 50
+    result = check(
+        unicodedata.normalize("NFD", name), _with_check_digit("11010119900307001"), MOBILE
+    )
+    assert isinstance(result, Person), result
+
+
+def test_composing_keeps_compatibility_ideographs() -> None:
+    """Canonical composition must not rewrite CJK compatibility ideographs (U+F900, U+2F800),
+    which NFC maps to other code points but people's registered names really use."""
+    for name in ("\uf900李", "\U0002f800王", "\uf900e\u0301"):
+        assert normalise_name(name)[0] == name[0]
+    assert normalise_name("\uf900e\u0301") == "\uf900\u00e9"
