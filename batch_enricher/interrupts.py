@@ -10,6 +10,7 @@ event loop with `call_soon_threadsafe` (the one loop entry point that is safe fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -39,12 +40,20 @@ class Interrupts:
         name = signal.Signals(signum).name
         if self.reason is not None:
             # The journal is committed answer by answer: leaving now loses nothing paid for.
-            self._note(f"{name} again: exiting now; every answer so far is in the journal")
+            self._say(f"{name} again: exiting now; every answer so far is in the journal")
             os._exit(130)
         self.reason = f"interrupted by {name}; rerun the same command to continue"
-        self._note(f"{name}: no new requests; finishing the calls in flight and the output")
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._on_stop, self.reason)
+        self._say(f"{name}: no new requests; finishing the calls in flight and the output")
+
+    def _say(self, message: str) -> None:
+        """Tell the operator, best effort: the stop itself must happen whatever this does."""
+        # The signal may have landed inside the run's own write to the same stream ("reentrant
+        # call inside BufferedWriter"), or stderr may be gone. Raised here, the error would
+        # surface in whatever code the signal interrupted, as a traceback.
+        with contextlib.suppress(Exception):
+            self._note(message)
 
     @contextmanager
     def installed(self, *, enabled: bool = True) -> Iterator[Interrupts]:
