@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Final
 
-# 15/17+check-digit ID numbers and 11-digit mainland mobiles, as they might appear in free text.
-_ID_RE: Final = re.compile(r"(?<![0-9])([0-9]{3})[0-9]{8,11}([0-9]{3}[0-9Xx])(?![0-9])")
-_ID15_RE: Final = re.compile(r"(?<![0-9])([0-9]{3})[0-9]{9}([0-9]{3})(?![0-9])")
-_MOBILE_RE: Final = re.compile(r"(?<![0-9])(1[3-9][0-9])[0-9]{4}([0-9]{4})(?![0-9])")
+# ID numbers (15 to 18 characters, the last a digit or X) and 11-digit mainland mobiles (with an
+# optional +86/0086/86 prefix), as they might appear in free text: a single space or hyphen may
+# separate any two digits ("138-1234-5678", "110101 19900307 803X"). The patterns run on a
+# same-length copy of the text with full-width digits and signs folded to ASCII (`_FOLD`).
+_SEP: Final = "[ -]?"
+_ID_RE: Final = re.compile(rf"(?<![0-9])[0-9](?:{_SEP}[0-9]){{13,16}}{_SEP}[0-9Xx](?![0-9])")
+_MOBILE_RE: Final = re.compile(
+    rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1{_SEP}[3-9](?:{_SEP}[0-9]){{9}}(?![0-9])"
+)
+#: One character for one: full-width digits, X, plus and hyphen, and the ideographic space.
+_FOLD: Final[dict[int, str]] = {
+    **{0xFF10 + d: str(d) for d in range(10)},
+    0xFF38: "X",
+    0xFF58: "x",
+    0xFF0B: "+",
+    0xFF0D: "-",
+    0x3000: " ",
+}
 
 
 def mask_idcard(value: str) -> str:
@@ -61,9 +76,23 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    text = _ID_RE.sub(lambda m: mask_idcard(m.group(0)), text)
-    text = _ID15_RE.sub(lambda m: mask_idcard(m.group(0)), text)
-    return _MOBILE_RE.sub(lambda m: mask_mobile(m.group(0)), text)
+    text = _mask_all(text, _ID_RE, mask_idcard)
+    return _mask_all(text, _MOBILE_RE, mask_mobile)
+
+
+def _mask_all(text: str, pattern: re.Pattern[str], mask: Callable[[str], str]) -> str:
+    """Mask every match of `pattern` in the folded text, in the original text (same length)."""
+    folded = text.translate(_FOLD)
+    pieces: list[str] = []
+    last = 0
+    for match in pattern.finditer(folded):
+        start, end = match.span()
+        pieces += (text[last:start], mask(text[start:end]))
+        last = end
+    if not pieces:
+        return text
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 class PiiFilter(logging.Filter):
