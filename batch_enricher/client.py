@@ -213,10 +213,10 @@ class Caller:
         await self._control.sleep(min(self._policy.maximum, initial + random.uniform(0, initial)))
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(person)
+                return await self._attempt(person, retry=True)
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _attempt(self, person: Person) -> Answer:
+    async def _attempt(self, person: Person, *, retry: bool = False) -> Answer:
         await self._control.admit()
         # Budget before the pacer: a call that waited for budget after taking its slot would go
         # out whenever a reply freed the budget, on top of fresh slots, and break --qps.
@@ -226,7 +226,9 @@ class Caller:
         except BaseException:
             self._control.settle(billed=False)
             raise
+        # Counted once sent: a retry that a stop cut short was never a request.
         self.stats.api_calls += 1
+        self.stats.retries += retry
         try:
             answer = await self._client.request(person)
         except BaseException as exc:
@@ -253,7 +255,6 @@ class Caller:
             self._control.abort(exc.error_code or 0, f"aborted by the API: {exc}")
 
     def _note_retry(self, person: Person, exc: BaseException | None) -> None:
-        self.stats.retries += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "retrying %s / %s after: %s",
