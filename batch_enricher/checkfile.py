@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from batch_enricher.columns import existing_result_columns, find_columns
+from batch_enricher.errors import OutputError
 from batch_enricher.models import Invalid, Person
 from batch_enricher.reader import open_source
 from batch_enricher.validate import check_row
@@ -78,6 +79,9 @@ def validate_file(
     encoding: str | None = None,
 ) -> ValidationResult:
     """Check every row of `path` locally; write `report` (your rows + status and reason)."""
+    if report is not None and Path(report).resolve() == Path(path).resolve():
+        # The report is written beside and renamed over its target: that would be the input.
+        raise OutputError(f"the report {report} is the input file; choose another -o")
     source = open_source(path, sheet=sheet, encoding=encoding)
     columns = find_columns(source.headers, realname=name_col, idcard=idcard_col, mobile=mobile_col)
     old = set(existing_result_columns(source.headers))
