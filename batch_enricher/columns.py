@@ -142,15 +142,32 @@ _ALIAS_KEYS: Final[dict[str, frozenset[str]]] = {
 _RESULT_KEYS: Final = frozenset(
     normalise_header(name) for names in RESULT_COLUMNS.values() for name in names
 )
+# The first two result columns, which open every block of ours.
+_STATUS_KEYS: Final = frozenset(normalise_header(names[0]) for names in RESULT_COLUMNS.values())
+_ERROR_CODE_KEYS: Final = frozenset(normalise_header(names[1]) for names in RESULT_COLUMNS.values())
 
 
 def existing_result_columns(headers: Sequence[str]) -> list[int]:
-    """Indexes of headers that are result columns (either language), e.g. in an earlier output.
+    """Indexes of headers that are our result columns (either language), in an earlier output.
 
-    >>> existing_result_columns(["姓名", "status", "查询时间"])
-    [1, 2]
+    Our columns always come as a block that starts with status then error_code (enrich outputs
+    and validate reports alike); a header such as 状态, status or 订单号 anywhere else is the
+    customer's own column and stays.
+
+    >>> existing_result_columns(["姓名", "状态", "status", "error_code", "查询时间", "备注"])
+    [2, 3, 4]
     """
-    return [i for i, header in enumerate(headers) if normalise_header(header) in _RESULT_KEYS]
+    keys = [normalise_header(header) for header in headers]
+    found: list[int] = []
+    i = 0
+    while i < len(keys) - 1:
+        if keys[i] in _STATUS_KEYS and keys[i + 1] in _ERROR_CODE_KEYS:
+            while i < len(keys) and keys[i] in _RESULT_KEYS:
+                found.append(i)
+                i += 1
+        else:
+            i += 1
+    return found
 
 
 def find_columns(
