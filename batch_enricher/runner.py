@@ -20,7 +20,6 @@ import asyncio
 import glob
 import itertools
 import logging
-import math
 import ssl
 import time
 from collections import Counter
@@ -274,8 +273,12 @@ async def _dispatch(
     summary: RunSummary,
     control: RunControl,
     progress: Progress,
+    answered: set[bytes],
 ) -> dict[bytes, Outcome]:
-    """Call the API for every planned person; returns the non-final outcomes (failed)."""
+    """Call the API for every planned person; returns the non-final outcomes (failed).
+
+    Adds to `answered` the key of everyone whose answer this run put in the journal.
+    """
     outcomes: dict[bytes, Outcome] = {}
     stats = CallStats()
     endpoint, key = options.endpoint, options.key
@@ -314,6 +317,7 @@ async def _dispatch(
                         progress.advance(plan.rows_of[key_], Status.FAILED, billed=False)
                         continue
                     journal.put(key_, answer)
+                    answered.add(key_)
                     progress.advance(
                         plan.rows_of[key_], answer.status, billed=answer.status is Status.OK
                     )
@@ -387,7 +391,8 @@ class _Join:
 
     rows: _Rows
     journal: Journal
-    cutoff: float | None
+    cutoff: float | None  # for answers from earlier runs: planning's --max-age cutoff
+    answered: set[bytes]  # people answered in this run: their answer, whatever the clock says
     outcomes: dict[bytes, Outcome]
     skip_reason: str
     tables: dict[str, bands_mod.Table]
@@ -433,7 +438,7 @@ def _joined(
                 _count(per_person.values(), fs)
                 per_person.clear()
             missing = {k for _, k in checked if k is not None and k not in per_person}
-            answers = join.journal.get_many(missing, newer_than=join.cutoff) if missing else {}
+            answers = _answers(join, missing) if missing else {}
             for row, (verdict, key) in zip(chunk, checked, strict=True):
                 if key is None:
                     assert isinstance(verdict, Invalid)
@@ -455,6 +460,21 @@ def _joined(
                     yield [row[i] if i < len(row) else None for i in keep], tail
     finally:
         _count(per_person.values(), fs)
+
+
+def _answers(join: _Join, keys: set[bytes]) -> dict[bytes, Answer]:
+    """Journal answers for `keys`: this run's own whatever their time, earlier ones by the cutoff.
+
+    The cutoff alone would hide an answer paid for in this run whenever its `queried_at` (to
+    the second, from the wall clock) falls before the cutoff: in the run's first second with
+    --max-age 0, or after the clock was stepped back. Its row would come out `skipped` and the
+    rerun would pay for it again.
+    """
+    fresh = keys & join.answered
+    found = join.journal.get_many(keys - fresh, newer_than=join.cutoff) if keys - fresh else {}
+    if fresh:
+        found.update(join.journal.get_many(fresh))
+    return found
 
 
 def _count(results: Iterable[_Result[_Tail]], fs: FileSummary) -> None:
@@ -558,6 +578,7 @@ async def enrich_async(
         progress.phase("planning")
         plan = _plan(inputs, rows, journal, cutoff, summary, progress, interrupts)
         outcomes: dict[bytes, Outcome] = {}
+        answered: set[bytes] = set()
         if not options.dry_run:
             progress.start(
                 plan.total_rows, plan.resolved_rows, len(plan.to_call), already=plan.already
@@ -566,16 +587,18 @@ async def enrich_async(
             if interrupts.reason is not None:  # a signal during planning: send nothing
                 control.stop(interrupts.reason)
             if plan.to_call and not control.stopped:
-                outcomes = await _dispatch(options, plan, journal, summary, control, progress)
+                outcomes = await _dispatch(
+                    options, plan, journal, summary, control, progress, answered
+                )
             interrupts.loop = None
             progress.phase("writing")
-        # The journal keeps when an answer came as `queried_at`, to the whole second, so an
-        # answer from this run's first second would look older than the exact cutoff (and
-        # with --max-age 0 its row would come out `skipped`). Compare at that resolution.
+        # The same cutoff as planning, so rows agree with what was reused and what was (or in
+        # a dry run would be) asked again; this run's own answers are found by key instead.
         join = _Join(
             rows,
             journal,
-            None if cutoff is None else math.floor(cutoff),
+            cutoff,
+            answered,
             outcomes,
             _skip_reason(control, dry_run=options.dry_run),
             options.band_tables,
