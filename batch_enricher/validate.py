@@ -23,8 +23,9 @@ Mobile (281503)
 
 Normalisation (also exposed as `normalise_idcard`, `normalise_mobile`, `normalise_name`):
     ID and mobile: NFKC (full-width to half-width), all whitespace and invisible characters
-    removed, a leading apostrophe (a spreadsheet "text" marker) removed; ID: x -> X; mobile:
-    separators (space - . parentheses) and a +86 / 0086 / (86) / 86- country prefix removed.
+    (zero-width, soft hyphen, bidi marks) removed, a leading apostrophe (a spreadsheet "text"
+    marker) removed; ID: x -> X; mobile: separators (space - . parentheses) and a +86 / 0086 /
+    (86) / 86- country prefix removed.
     Name: canonical composition (NFC, so a decomposed "Nguyễn" is the same person) except for
     compatibility ideographs; full-width ASCII to half-width (not full NFKC, which would
     rewrite compatibility ideographs that people's names really use), look-alike middle dots
@@ -70,8 +71,14 @@ _NAME_TRANSLATION: Final[dict[int, str]] = {
 # Whitespace (Unicode-aware, incl. U+3000 and NBSP) and invisible characters that copy-paste
 # and exports leave behind.
 _INVISIBLE: Final = "\u200b\u200c\u200d\u2060\ufeff"
-_SPACE_RE: Final = re.compile(rf"[\s{_INVISIBLE}]+")
-_MOBILE_SEPARATORS_RE: Final = re.compile(rf"[\s{_INVISIBLE}\-.()]+")
+_INVISIBLE_RE: Final = re.compile(f"[{_INVISIBLE}]+")
+_SPACE_RE: Final = re.compile(r"\s+")
+# In an ID or mobile, also soft hyphens and the bidi marks Windows puts around a phone number
+# copied from a contact card ("\u202a138...\u202c"): invisible, so the user sees a valid value.
+# (In a name, a bidi override can disguise what is shown, so there it stays a reason to reject.)
+_NUMBER_NOISE: Final = f"{_INVISIBLE}\u00ad\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_NUMBER_SPACE_RE: Final = re.compile(rf"[\s{_NUMBER_NOISE}]+")
+_MOBILE_SEPARATORS_RE: Final = re.compile(rf"[\s{_NUMBER_NOISE}\-.()]+")
 _COUNTRY_PREFIX_RE: Final = re.compile(r"^(?:\+86|0086)")
 # A bare "86" is a country code only when exactly a mobile-length number follows.
 _BARE_86_RE: Final = re.compile(r"^86(?=1\d{10}$)")
@@ -113,7 +120,7 @@ def normalise_idcard(value: str) -> str:
     >>> normalise_idcard(" １１０１０１１９９００３０７８０３ｘ ")
     '11010119900307803X'
     """
-    text = _SPACE_RE.sub("", unicodedata.normalize("NFKC", value)).upper()
+    text = _NUMBER_SPACE_RE.sub("", unicodedata.normalize("NFKC", value)).upper()
     return text.removeprefix("'")
 
 
@@ -136,7 +143,9 @@ def normalise_name(value: str) -> str:
     >>> normalise_name("  Ayşe   Nur ")
     'Ayşe Nur'
     """
-    text = _SPACE_RE.sub(" ", _compose(value).translate(_NAME_TRANSLATION)).strip()
+    # Invisible marks go first, so that one inside a word does not split it with a space.
+    text = _INVISIBLE_RE.sub("", _compose(value)).translate(_NAME_TRANSLATION)
+    text = _SPACE_RE.sub(" ", text).strip()
     if _CJK_RE.search(text):
         return text.replace(" ", "").replace(".", "·")
     return text

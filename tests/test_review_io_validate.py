@@ -85,3 +85,30 @@ def test_composing_keeps_compatibility_ideographs() -> None:
     for name in ("\uf900李", "\U0002f800王", "\uf900e\u0301"):
         assert normalise_name(name)[0] == name[0]
     assert normalise_name("\uf900e\u0301") == "\uf900\u00e9"
+
+
+@pytest.mark.parametrize(
+    "mobile",
+    [
+        "\u202a+86 138 1234 5678\u202c",  # copied from a Windows/Outlook contact card
+        "\u200e13812345678",  # left-to-right mark
+        "\u2066138-1234-5678\u2069",  # isolate marks
+        "138\u00ad1234\u00ad5678",  # soft hyphens
+    ],
+)
+def test_invisible_format_marks_around_a_mobile_are_not_a_reason_to_reject(mobile: str) -> None:
+    """Bidi and soft-hyphen marks are invisible: the user sees a valid mobile, so must we."""
+    result = check("张三", _with_check_digit("11010119900307001"), mobile)
+    assert isinstance(result, Person), result
+    assert result.mobile == MOBILE
+
+
+def test_invisible_format_marks_around_an_id_are_dropped() -> None:
+    idcard = _with_check_digit("11010119900307001")
+    result = check("张三", f"\u202a{idcard}\u00ad\u202c", MOBILE)
+    assert isinstance(result, Person), result
+    assert result.idcard == idcard
+
+
+def test_a_zero_width_space_inside_a_latin_name_does_not_become_a_space() -> None:
+    assert normalise_name("Jo\u200bhn O\ufeff'Brien") == "John O'Brien"
