@@ -76,14 +76,17 @@ def decode_reply(body: bytes) -> Answer:
     reason = str(data.get("reason") or reason_of(code))
     kind = kind_of(code)
     if kind is Kind.OK:
+        # error_code 0 is billed ("0时计费") whatever else the reply holds. A malformed result is
+        # still a paid answer: keep it (its scores come out `unmapped`) rather than retry and
+        # pay again.
         result = data.get("result")
-        if not isinstance(result, dict) or not result.get("orderid"):
-            raise TransientApiError("undecodable reply: error_code 0 without a result")
+        if not isinstance(result, dict):
+            result = {}
         return Answer(
             status=Status.OK,
             error_code=0,
             reason=reason,
-            orderid=str(result["orderid"]),
+            orderid=str(result.get("orderid") or ""),
             range=_score(result.get("range")),
             history=_score(result.get("history")),
             stability=_score(result.get("stability")),

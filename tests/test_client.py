@@ -31,7 +31,6 @@ OK = Answer(Status.OK, 0, "成功", "JH1", "16", "17", "38", "2026-11-28T12:00:0
         (b'{"reason":"","result":null,"error_code":99999}', TransientApiError),
         (b'{"reason":"\xe6\x88', TransientApiError),
         (b"<html>502</html>", TransientApiError),
-        (b'{"reason":"ok","result":null,"error_code":0}', TransientApiError),
     ],
 )
 def test_replies_that_are_not_answers_raise_what_they_mean(
@@ -39,6 +38,12 @@ def test_replies_that_are_not_answers_raise_what_they_mean(
 ) -> None:
     with pytest.raises(error):
         decode_reply(body)
+
+
+def test_a_billed_reply_without_a_result_is_kept_not_retried() -> None:
+    # error_code 0 is billed: retrying a malformed one would pay twice for the same person.
+    answer = decode_reply(b'{"reason":"ok","result":null,"error_code":0}')
+    assert (answer.status, answer.orderid, answer.range) == (Status.OK, "", "")
 
 
 def test_an_answer_keeps_the_raw_scores_and_the_orderid() -> None:
