@@ -357,6 +357,12 @@ def _name_character_problem(ch: str, category: str) -> str:
     return f"contains {ch!r}, which is not allowed in names"
 
 
+# A whole number written as a float ("13812345678.0", how pandas exports a float column).
+# Its ".0" must go before "." is taken for a separator, or "1381234567.0" would become the
+# 11-digit 13812345670: someone else's number, and a paid call.
+_FLOAT_TEXT_RE: Final = re.compile(r"^\s*([0-9]+)\.0+\s*$")
+
+
 def _check_mobile(value: object) -> str | _Problem:
     if isinstance(value, int | float) and not isinstance(value, bool):
         digits = _number_text(value)
@@ -372,7 +378,7 @@ def _check_mobile(value: object) -> str | _Problem:
                 "must be 11 digits starting 13-19; "
                 "it is in scientific notation (a number formatted by Excel)"
             )
-        text = normalise_mobile(raw)
+        text = normalise_mobile(_FLOAT_TEXT_RE.sub(r"\1", raw))
     if _MOBILE_RE.match(text):
         return text
     return _Problem(_mobile_problem(text))

@@ -399,3 +399,11 @@ def test_repeated_rows_are_answered_from_the_memo() -> None:
         check(NAME, ID, MOBILE)
     info = validate.check.cache_info()
     assert (info.misses, info.hits) == (1, 999)
+
+
+def test_a_mobile_exported_as_float_text_is_read_as_its_digits() -> None:
+    # pandas writes a float column as "13812345678.0"; the ".0" is formatting, not a digit.
+    person = check("张三", "11010119900307803X", "13812345678.0")
+    assert isinstance(person, Person) and person.mobile == "13812345678"
+    assert isinstance(check("张三", "11010119900307803X", "13812345678.5"), Invalid)
+    assert isinstance(check("张三", "11010119900307803X", "1381234567.0"), Invalid)
