@@ -145,12 +145,26 @@ def _format_of(path: Path) -> str:
         raise UnsupportedFileError(f"{path}: unsupported file type (use one of {known})")
     try:
         with path.open("rb") as f:
-            empty = not f.read(1)
+            head = f.read(1024)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    if empty:
+    if not head:
         raise InputError(f"{path} is empty (0 bytes)")
+    if fmt == "xls":
+        return _xls_by_content(path, head)
     return fmt
+
+
+def _xls_by_content(path: Path, head: bytes) -> str:
+    """What an `.xls` really is: bank and CRM exports often give other things that name."""
+    if head.startswith(b"PK\x03\x04"):
+        return "xlsx"  # a newer workbook saved under the old name: read it as what it is
+    if head.lstrip().lower().startswith((b"<", b"\xef\xbb\xbf<")):
+        raise InputError(
+            f"{path} is an HTML page saved with an .xls name (some bank and CRM exports are): "
+            "open it in Excel and save it as .xlsx or .csv"
+        )
+    return "xls"
 
 
 def _header_text(cell: Cell) -> str:
@@ -291,7 +305,7 @@ def _first_undecodable_line(path: Path, encoding: str) -> int | None:
 # --- XLSX ---------------------------------------------------------------------------------------
 
 
-def load_workbook(path: Path, *, read_only: bool, data_only: bool) -> Workbook:
+def load_workbook(path: Path | io.BytesIO, *, read_only: bool, data_only: bool) -> Workbook:
     """openpyxl's `load_workbook`, imported on first use (see the imports at the top)."""
     from openpyxl import load_workbook as load
 
@@ -309,8 +323,13 @@ def _load_xlsx(path: Path) -> Workbook:
             f"{path} is password-protected (encrypted) or an old .xls file renamed: "
             "remove the password, or save it as .xlsx"
         )
+    # openpyxl judges a path by its extension; a workbook named .xls (read as what its bytes
+    # say) is handed over in memory instead: such exports are small.
+    source: Path | io.BytesIO = path
+    if path.suffix.lower() not in (".xlsx", ".xlsm"):
+        source = io.BytesIO(path.read_bytes())
     try:
-        return load_workbook(path, read_only=True, data_only=True)
+        return load_workbook(source, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException):
         raise InputError(f"{path} is not a valid .xlsx file (corrupt or not a workbook)") from None
     except Exception as exc:  # openpyxl surfaces broken parts as many exception types

@@ -55,7 +55,7 @@ def _passes(path: Path, **kwargs: Any) -> list[list[Cell]]:
 
 def test_gbk_csv_with_chinese_headers(tmp_path: Path) -> None:
     path = _write(tmp_path / "gbk.csv", _csv_text([HEADERS, *ROWS[:1]]).encode("gbk"))
-    source = open_source(path)
+    source = reader.open_source(path)
     assert source.format == "csv"
     assert source.encoding == "gb18030"
     assert source.headers == HEADERS
@@ -122,7 +122,7 @@ def test_mixed_encodings_name_the_line(tmp_path: Path) -> None:
     good = _csv_text([HEADERS, *ROWS]).encode()
     path = _write(tmp_path / "mixed.csv", good + "C003,李四,x,y\r\n".encode("gbk"))
     with pytest.raises(InputError) as caught:
-        open_source(path)
+        reader.open_source(path)
     message = str(caught.value)
     assert "line 4 is not valid UTF-8" in message
     assert "--encoding" in message
@@ -366,7 +366,7 @@ def test_header_only_csv(tmp_path: Path) -> None:
 def test_header_only_xlsx(tmp_path: Path) -> None:
     path = _xlsx(tmp_path / "a.xlsx", {"S": [HEADERS, [None, None]]})
     with pytest.raises(InputError, match="has a header row but no data rows"):
-        open_source(path)
+        reader.open_source(path)
 
 
 def test_empty_xlsx(tmp_path: Path) -> None:
@@ -468,3 +468,23 @@ def test_sample_data_matches_its_readme(name: str, rows: int, distinct: int, inv
     assert len(results) == rows
     assert len({r for r in results if isinstance(r, Person)}) == distinct
     assert sum(isinstance(r, Invalid) for r in results) == invalid
+
+
+def test_an_xlsx_named_xls_is_read_as_the_workbook_it_is(tmp_path: Path) -> None:
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["姓名", "身份证号", "手机号"])
+    ws.append(["张三", "11010119900307803X", "13812345678"])
+    path = tmp_path / "export.xls"
+    wb.save(path)
+    source = reader.open_source(path)
+    assert source.format == "xlsx"
+    assert list(source.rows()) == [["张三", "11010119900307803X", "13812345678"]]
+
+
+def test_an_html_table_named_xls_says_what_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "bank.xls"
+    path.write_bytes("<html><table><tr><td>姓名</td></tr></table></html>".encode())
+    with pytest.raises(InputError, match=r"HTML page saved with an \.xls name"):
+        reader.open_source(path)
