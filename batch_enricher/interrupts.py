@@ -29,6 +29,7 @@ class Interrupts:
         self._note = note
         self.reason: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set while dispatching
+        self._cleanups: list[Callable[[], None]] = []
 
     @property
     def requested(self) -> bool:
@@ -41,11 +42,23 @@ class Interrupts:
         if self.reason is not None:
             # The journal is committed answer by answer: leaving now loses nothing paid for.
             self._say(f"{name} again: exiting now; every answer so far is in the journal")
+            for cleanup in reversed(self._cleanups):
+                with contextlib.suppress(Exception):
+                    cleanup()  # e.g. remove a half-written output: it holds personal data
             os._exit(130)
         self.reason = f"interrupted by {name}; rerun the same command to continue"
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._on_stop, self.reason)
         self._say(f"{name}: no new requests; finishing the calls in flight and the output")
+
+    @contextmanager
+    def cleanup(self, action: Callable[[], None]) -> Iterator[None]:
+        """Run `action` if a second signal exits the process during the block."""
+        self._cleanups.append(action)
+        try:
+            yield
+        finally:
+            self._cleanups.remove(action)
 
     def _say(self, message: str) -> None:
         """Tell the operator, best effort: the stop itself must happen whatever this does."""

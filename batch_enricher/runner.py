@@ -505,19 +505,23 @@ def _write(
     join: _Join,
     options: EnrichOptions,
     make_sheet: Callable[[FileSummary], SummarySheet],
+    interrupts: Interrupts,
 ) -> None:
     """The second pass over one input: every row, its result, written atomically."""
     source, columns, keep = item.source, item.columns, item.keep
     headers = [source.headers[i] for i in keep] + list(RESULT_COLUMNS[options.headers])
     out_index = {orig: pos for pos, orig in enumerate(keep)}
     text_columns = {out_index[i] for i in (columns.idcard, columns.mobile) if i in out_index}
-    with open_writer(
-        item.output,
-        headers,
-        text_columns=text_columns,
-        status_column=len(keep),
-        escape_formulas=options.escape_formulas,
-    ) as writer:
+    with (
+        open_writer(
+            item.output,
+            headers,
+            text_columns=text_columns,
+            status_column=len(keep),
+            escape_formulas=options.escape_formulas,
+        ) as writer,
+        interrupts.cleanup(writer.abort),
+    ):
         write_row = writer.write_row
         for original, tail in _joined(item, join, writer.tail):
             write_row(original, tail)
@@ -608,7 +612,7 @@ async def enrich_async(
                 for _ in _joined(item, join, _no_tail):
                     pass
             else:
-                _write(item, join, options, lambda f: sheet_for(f, summary))
+                _write(item, join, options, lambda f: sheet_for(f, summary), interrupts)
             summary.files.append(item.summary)
     if options.dry_run:
         summary.max_billable = len(plan.to_call)

@@ -85,6 +85,23 @@ def test_second_signal_exits_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert exits == [130]
 
 
+def test_second_signal_removes_a_half_written_output_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr("os._exit", lambda code: events.append(f"exit {code}"))
+    interrupts = Interrupts(lambda _r: None, lambda _m: None)
+
+    with interrupts.cleanup(lambda: events.append("temp removed")):
+        interrupts.handle(signal.SIGINT)
+        interrupts.handle(signal.SIGINT)
+    assert events == ["temp removed", "exit 130"]
+
+    events.clear()
+    interrupts.handle(signal.SIGINT)  # after the block: nothing left to clean up
+    assert events == ["exit 130"]
+
+
 async def test_a_signal_while_dispatching_reaches_the_loop() -> None:
     stops: list[str] = []
     interrupts = Interrupts(stops.append, lambda _message: None)
