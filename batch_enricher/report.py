@@ -146,6 +146,11 @@ def format_summary(summary: RunSummary) -> str:
             f" · duplicates {summary.duplicates} · API calls {summary.api_calls}"
             f" · retries {summary.retries} · elapsed {elapsed:.1f} s · {rate:.1f} calls/s"
         )
+    if summary.rate_limited:
+        lines.append(
+            f"  the server answered 10011 (too fast) {summary.rate_limited} time(s): the run slowed"
+            " down by itself; a lower --qps would match the account's limit"
+        )
     if summary.stop_reason:
         lines.append(f"  stopped early: {summary.stop_reason}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final, Generic, TypeVar
 
@@ -544,19 +545,11 @@ def exit_code_for(summary: RunSummary) -> int:
     return 0
 
 
-async def enrich_async(
-    options: EnrichOptions,
-    progress: Progress | None = None,
-    *,
-    make_sheet: Callable[[FileSummary, RunSummary], SummarySheet] | None = None,
-) -> RunSummary:
+async def enrich_async(options: EnrichOptions, progress: Progress | None = None) -> RunSummary:
     """Run the whole job and return its summary; raises `EnricherError` for bad input or setup."""
     from batch_enricher.report import summary_sheet
 
     progress = progress or NullProgress()
-    sheet_for = make_sheet or (
-        lambda f, s: summary_sheet(f, s, options.headers, options.band_tables)
-    )
     started = time.monotonic()
     summary = RunSummary(dry_run=options.dry_run)
     if not options.sandbox and not options.key and not options.dry_run:
@@ -612,7 +605,10 @@ async def enrich_async(
                 for _ in _joined(item, join, _no_tail):
                     pass
             else:
-                _write(item, join, options, lambda f: sheet_for(f, summary), interrupts)
+                sheet = partial(
+                    summary_sheet, run=summary, lang=options.headers, tables=options.band_tables
+                )
+                _write(item, join, options, sheet, interrupts)
             summary.files.append(item.summary)
     if options.dry_run:
         summary.max_billable = len(plan.to_call)

@@ -69,6 +69,7 @@ class RunSummary:
             "api_calls": self.api_calls,
             "billed": self.billed,
             "retries": self.retries,
+            "rate_limited": self.rate_limited,
             "elapsed_s": round(self.elapsed_s, 3),
             "exit_code": self.exit_code,
         }

@@ -395,6 +395,8 @@ def test_server_limit_below_qps_still_completes(tmp_path: Path, sandbox: Sandbox
     assert set(_billed(stats).values()) == {1}
     doc = _summary(tmp_path / "s.json")
     assert (doc["api_calls"], doc["billed"]) == (stats.requests, stats.billed)
+    assert doc["rate_limited"] == stats.codes[10011]
+    assert f"answered 10011 (too fast) {stats.codes[10011]} time(s)" in result.output
 
 
 def test_failures_that_outlive_retries_are_not_stored_and_a_rerun_completes(
