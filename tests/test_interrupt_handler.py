@@ -1,4 +1,4 @@
-"""Review of the signal handler: it may land while the run itself is writing to the terminal."""
+"""Signal handler: it may land while the run itself is writing to the terminal."""
 
 from __future__ import annotations
 

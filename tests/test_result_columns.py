@@ -1,4 +1,4 @@
-"""Review of column mapping: a customer's own "status" column is not an earlier output's."""
+"""Column mapping: a customer's own "status" column is not an earlier output's."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review of stops while dispatching: calls still waiting for a send slot give up at once."""
+"""Stops while dispatching: calls still waiting for a send slot give up at once."""
 
 from __future__ import annotations
 

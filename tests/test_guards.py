@@ -1,4 +1,4 @@
-"""Review of the run guards: callers waiting on the quota probe when the run stops."""
+"""Run guards: callers waiting on the quota probe when the run stops."""
 
 from __future__ import annotations
 

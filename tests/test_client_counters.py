@@ -1,4 +1,4 @@
-"""Review of the call's counters: retries are requests that were sent, like api_calls."""
+"""A call's counters: retries are requests that were sent, like api_calls."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review of the budget (--max-billed) against the rate cap and the counts, end to end."""
+"""Budget (--max-billed) against the rate cap and the counts, end to end."""
 
 from __future__ import annotations
 

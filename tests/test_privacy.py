@@ -1,4 +1,4 @@
-"""Review of masking: ID numbers and mobiles as people really type them never leak in full."""
+"""Masking: ID numbers and mobiles as people really type them never leak in full."""
 
 from __future__ import annotations
 

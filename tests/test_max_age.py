@@ -1,4 +1,4 @@
-"""Review of the write pass's journal look-ups against --max-age, end to end."""
+"""The write pass's journal look-ups against --max-age, end to end."""
 
 from __future__ import annotations
 

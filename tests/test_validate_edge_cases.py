@@ -1,4 +1,4 @@
-"""Review of local validation: edge cases a reviewer found wrong (see each test's docstring)."""
+"""Local validation: edge cases that were once wrong (see each test's docstring)."""
 
 from __future__ import annotations
 

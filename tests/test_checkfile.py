@@ -1,4 +1,4 @@
-"""Review of `validate`: its report must never replace the file being checked."""
+"""`validate`: its report must never replace the file being checked."""
 
 from __future__ import annotations
 
