@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -72,18 +72,32 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
+#: The name of the stderr log handler, whose level says whether -v was given.
+_CONSOLE: Final = "console"
+
+
+def _verbose() -> bool:
+    """Whether -v (or BATCH_ENRICHER_DEBUG) asked for debug output, tracebacks included."""
+    if os.environ.get("BATCH_ENRICHER_DEBUG"):
+        return True
+    return any(h.get_name() == _CONSOLE and h.level <= logging.DEBUG for h in log.handlers)
+
+
 def _setup_logging(
     verbose: bool, quiet: bool, log_file: Path | None, secrets: tuple[str, ...]
 ) -> None:
     """Console at WARNING (-v: DEBUG, -q: ERROR), an optional private log file at DEBUG."""
     root = logging.getLogger("batch_enricher")
-    root.handlers.clear()
+    for old in list(root.handlers):  # an earlier invocation's (tests run several in one process)
+        root.removeHandler(old)
+        old.close()
     root.setLevel(logging.DEBUG)
     root.propagate = False
     pii = PiiFilter(secrets)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.set_name(_CONSOLE)
     console.addFilter(pii)
     root.addHandler(console)
     if log_file is not None:
@@ -549,7 +563,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:
         click.echo(f"Error: unexpected {type(exc).__name__}: {scrub(str(exc))}", err=True)
-        if log.isEnabledFor(logging.DEBUG) or os.environ.get("BATCH_ENRICHER_DEBUG"):
+        # Not log.isEnabledFor: the logger is always at DEBUG (the --log-file wants everything).
+        if _verbose():
             click.echo(scrub(traceback.format_exc()), err=True)
         click.echo("please report this (see SECURITY.md / README); rerunning is safe", err=True)
         sys.exit(1)
