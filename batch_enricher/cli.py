@@ -5,7 +5,6 @@ No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal.py and sand
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -13,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -21,8 +20,11 @@ from click.core import ParameterSource
 from batch_enricher import __version__, bands
 from batch_enricher.client import DEFAULT_ENDPOINT, RetryPolicy
 from batch_enricher.config import ENV, load_config, parse_duration
-from batch_enricher.errors import EnricherError
+from batch_enricher.errors import EnricherError, OutputError
 from batch_enricher.privacy import PiiFilter, scrub
+
+if TYPE_CHECKING:
+    from batch_enricher.runner import EnrichOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -101,13 +103,49 @@ def _setup_logging(
     console.addFilter(pii)
     root.addHandler(console)
     if log_file is not None:
-        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.chmod(log_file, 0o600)
+        try:
+            fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.fchmod(fd, 0o600)  # an existing log keeps its mode otherwise
+        except OSError as exc:
+            raise _Failure(f"cannot open the log file {log_file}: {exc.strerror or exc}") from None
         handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.addFilter(pii)
         root.addHandler(handler)
+
+
+def _check_written_paths(
+    options: EnrichOptions, *, summary_json: Path | None, log_file: Path | None
+) -> None:
+    """Refuse, before anything is sent, a run whose files could not be written where asked.
+
+    Answers are paid for during the run and written at its end: a missing folder found only
+    then costs a rerun, and a summary or log aimed at an input or output would overwrite it.
+    """
+    from batch_enricher.runner import resolve_outputs
+
+    outputs = resolve_outputs(options)
+    if not options.dry_run:
+        for out in outputs:
+            _check_folder(out, "output")
+    taken = {p.resolve(): "an input" for p in options.inputs}
+    taken.update({p.resolve(): "an output" for p in outputs})
+    if options.state is not None:
+        taken[options.state.resolve()] = "the journal"
+    for flag, path in (("--summary-json", summary_json), ("--log-file", log_file)):
+        if path is None:
+            continue
+        what = taken.get(path.resolve())
+        if what is not None:
+            raise OutputError(f"{flag} {path} is {what} of this run; choose another path")
+        _check_folder(path, flag)
+        taken[path.resolve()] = f"the {flag} file"
+
+
+def _check_folder(path: Path, what: str) -> None:
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write the {what} {path}: folder does not exist: {path.parent}")
 
 
 def _input_options(f: F) -> F:
@@ -330,19 +368,6 @@ def enrich(
     from batch_enricher.runner import enrich as run_enrich
 
     secrets = (key,) if key else ()
-    _setup_logging(verbose, quiet, log_file, secrets)
-    if key and ctx.get_parameter_source("key") is ParameterSource.COMMANDLINE:
-        click.echo(
-            "warning: --key is visible to other users (ps, shell history); "
-            f"prefer the {ENV['key']} environment variable or the config file",
-            err=True,
-        )
-    if insecure:
-        click.echo(
-            "WARNING: --insecure: TLS certificates are NOT verified; "
-            "anyone on the network path can read the personal data sent",
-            err=True,
-        )
     if output is not None and output_dir is not None:
         raise click.UsageError("use either -o/--output or --output-dir, not both")
     try:
@@ -373,6 +398,23 @@ def enrich(
             lock_timeout=lock_timeout,
             band_tables=ctx.meta.get("band_tables", dict(bands.DEFAULT_TABLES)),
         )
+        _check_written_paths(options, summary_json=summary_json, log_file=log_file)
+    except EnricherError as exc:
+        _fail(exc, secrets)
+    _setup_logging(verbose, quiet, log_file, secrets)
+    if key and ctx.get_parameter_source("key") is ParameterSource.COMMANDLINE:
+        click.echo(
+            "warning: --key is visible to other users (ps, shell history); "
+            f"prefer the {ENV['key']} environment variable or the config file",
+            err=True,
+        )
+    if insecure:
+        click.echo(
+            "WARNING: --insecure: TLS certificates are NOT verified; "
+            "anyone on the network path can read the personal data sent",
+            err=True,
+        )
+    try:
         progress = make_progress(quiet=quiet)
         try:
             summary = run_enrich(options, progress)
@@ -380,10 +422,13 @@ def enrich(
             progress.close()  # an error message must not land on the bar's line
     except EnricherError as exc:
         _fail(exc, secrets)
-    if summary_json is not None:
-        write_json(summary, summary_json)
     if not quiet or summary.exit_code:
         click.echo(format_summary(summary), err=True)
+    if summary_json is not None:
+        try:
+            write_json(summary, summary_json)
+        except EnricherError as exc:
+            _fail(exc, secrets)
     ctx.exit(summary.exit_code)
 
 
@@ -423,8 +468,15 @@ def validate(
         batch-enricher validate customers.xlsx -o problems.xlsx
     """
     from batch_enricher.checkfile import format_validation, validate_file
+    from batch_enricher.report import write_json_doc
 
     try:
+        if summary_json is not None:
+            if summary_json.resolve() in {input_path.resolve(), (report or input_path).resolve()}:
+                raise OutputError(
+                    f"--summary-json {summary_json} is the input or the report; choose another path"
+                )
+            _check_folder(summary_json, "--summary-json")
         result = validate_file(
             input_path,
             report=report,
@@ -438,9 +490,10 @@ def validate(
         _fail(exc)
     click.echo(format_validation(result))
     if summary_json is not None:
-        summary_json.write_text(
-            json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-        )
+        try:
+            write_json_doc(result.to_json(), summary_json)
+        except EnricherError as exc:
+            _fail(exc)
     ctx.exit(0 if result.invalid == 0 else 3)
 
 

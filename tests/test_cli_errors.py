@@ -3,7 +3,9 @@ is sent, and never a traceback."""
 
 from __future__ import annotations
 
+import json
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,13 +13,21 @@ import pytest
 from click.testing import Result
 
 from batch_enricher import cli as cli_module
-from tests.conftest import person, write_csv
+from tests.conftest import Served, person, write_csv
 
 Run = Callable[..., Result]
 
 
 def _input(tmp_path: Path, count: int = 3) -> Path:
     return write_csv(tmp_path / "in.csv", [list(person(i)) for i in range(count)])
+
+
+def _requests(server: Served) -> int:
+    """Requests the server saw, asked over HTTP: this also makes sure its loop is running, which
+    the `serve_app` fixture's stop() needs (stopped before `run_forever` starts, it hangs 10 s)."""
+    stats_url = server.url.replace("/financeInfo/query", "/_stats")
+    with urllib.request.urlopen(stats_url, timeout=10) as reply:
+        return int(json.load(reply)["requests"])
 
 
 def _one_clear_line(result: Result) -> None:
@@ -49,3 +59,69 @@ def test_an_unexpected_error_shows_no_traceback_unless_asked(
         err = capsys.readouterr().err
         assert "Error: unexpected RuntimeError: boom" in err
         assert ("Traceback" in err) is shown, err
+
+
+# --- paths the run writes besides its outputs ------------------------------------------------
+
+
+def test_log_file_in_a_missing_folder_is_exit_1_before_anything_is_sent(
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Callable[..., Result]
+) -> None:
+    server = sandbox()
+    result = enrich_at(server, str(_input(tmp_path)), "--log-file", str(tmp_path / "no" / "x.log"))
+    assert result.exit_code == 1, result.output
+    _one_clear_line(result)
+    assert "x.log" in result.output
+    assert _requests(server) == 0
+
+
+def test_summary_json_in_a_missing_folder_is_exit_1_before_anything_is_sent(
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Callable[..., Result]
+) -> None:
+    server = sandbox()
+    summary = tmp_path / "no" / "run.json"
+    result = enrich_at(server, str(_input(tmp_path)), "--summary-json", str(summary))
+    assert result.exit_code == 1, result.output
+    _one_clear_line(result)
+    assert _requests(server) == 0, "paid for a run whose summary cannot be written"
+
+
+def test_a_missing_output_folder_is_exit_1_before_anything_is_sent(
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Callable[..., Result]
+) -> None:
+    server = sandbox()
+    src = str(_input(tmp_path))
+    for flags in (["-o", str(tmp_path / "no" / "out.csv")], ["--output-dir", str(tmp_path / "no")]):
+        result = enrich_at(server, src, *flags)
+        assert result.exit_code == 1, result.output
+        _one_clear_line(result)
+        assert "does not exist" in result.output
+    assert _requests(server) == 0, "paid for answers that could not be written"
+
+
+@pytest.mark.parametrize("flag", ["--summary-json", "--log-file"])
+def test_summary_and_log_never_overwrite_an_input_or_the_output(
+    tmp_path: Path, run: Run, flag: str
+) -> None:
+    src = _input(tmp_path)
+    out = tmp_path / "out.csv"
+    out.write_text("earlier output\n", encoding="utf-8")
+    before = src.read_bytes()
+    for target in (src, out):
+        result = run("enrich", str(src), "--sandbox", "-o", str(out), flag, str(target))
+        assert result.exit_code == 1, result.output
+        _one_clear_line(result)
+    assert src.read_bytes() == before
+    assert out.read_text(encoding="utf-8") == "earlier output\n"
+
+
+def test_validate_summary_json_in_a_missing_folder_or_on_the_input(
+    tmp_path: Path, run: Run
+) -> None:
+    src = _input(tmp_path)
+    before = src.read_bytes()
+    for target in (tmp_path / "no" / "v.json", src):
+        result = run("validate", str(src), "--summary-json", str(target))
+        assert result.exit_code == 1, result.output
+        _one_clear_line(result)
+    assert src.read_bytes() == before
