@@ -6,10 +6,12 @@ No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal.py and sand
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
@@ -60,9 +62,57 @@ def _load_config_option(ctx: click.Context, _param: click.Parameter, value: Path
     if "headers" in settings:
         settings["header_lang"] = settings.pop("headers")
     if "escape_formulas" in settings:
-        settings["no_escape_formulas"] = not settings.pop("escape_formulas")
+        escape = settings.pop("escape_formulas")
+        if not isinstance(escape, bool):  # `not "no"` would quietly keep escaping on
+            raise _Failure(f"{value}: escape_formulas must be true or false")
+        settings["no_escape_formulas"] = not escape
+    _check_settings(ctx, value, settings)
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     ctx.meta["band_tables"] = tables
+
+
+class _Number(click.FloatRange):
+    """A FloatRange that also refuses inf and nan (which pass its range checks unnoticed)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+_HTTP_SCHEMES: Final = ("http", "https")
+
+
+def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """An http(s) URL with a host: anything else would fail every call as a "network error"."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        usable = parts.scheme in _HTTP_SCHEMES and bool(parts.hostname)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        usable = False
+    if not usable:
+        # Not echoed: an endpoint may carry credentials.
+        raise click.BadParameter("must be an http:// or https:// URL with a host name")
+    return value
+
+
+def _check_settings(ctx: click.Context, path: Path, settings: dict[str, Any]) -> None:
+    """Check each config value as its flag would be, so a bad one is a config error (exit 1)
+    naming the file, not a usage error about a flag the user never typed."""
+    params = {param.name: param for param in ctx.command.params}
+    for name, raw in settings.items():
+        param = params.get(name)
+        if param is None:
+            continue
+        try:
+            converted = param.type_cast_value(ctx, raw)
+            if param.callback is not None:
+                param.callback(ctx, param, converted)
+        except click.BadParameter as exc:
+            setting = {"header_lang": "headers"}.get(name, name)
+            raise _Failure(f"{path}: {setting}: {exc.message}") from None
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -209,12 +259,13 @@ def cli() -> None:
     envvar=ENV["endpoint"],
     default=DEFAULT_ENDPOINT,
     show_default=True,
+    callback=_endpoint,
     help="API endpoint URL.",
 )
 @click.option(
     "--qps",
     envvar=ENV["qps"],
-    type=click.FloatRange(min=0.01),
+    type=_Number(min=0.01),
     default=10.0,
     show_default=True,
     help="Requests per second, never exceeded in any one-second window.",
@@ -230,7 +281,7 @@ def cli() -> None:
 @click.option(
     "--timeout",
     envvar=ENV["timeout"],
-    type=click.FloatRange(min=0.1),
+    type=_Number(min=0.1),
     default=15.0,
     show_default=True,
     help="Seconds per request.",
@@ -245,14 +296,14 @@ def cli() -> None:
 )
 @click.option(
     "--retry-initial",
-    type=click.FloatRange(min=0.0),
+    type=_Number(min=0.0),
     default=0.5,
     show_default=True,
     help="First retry pause in seconds (doubles, with jitter).",
 )
 @click.option(
     "--retry-max",
-    type=click.FloatRange(min=0.0),
+    type=_Number(min=0.0),
     default=30.0,
     show_default=True,
     help="Longest retry pause in seconds.",
@@ -301,7 +352,7 @@ def cli() -> None:
 @click.option("--insecure", is_flag=True, help="Do not verify TLS certificates (dangerous).")
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0.0),
+    type=_Number(min=0.0),
     default=5.0,
     show_default=True,
     help="Seconds to wait for another run's journal lock.",
@@ -507,7 +558,7 @@ def validate(
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option(
     "--qps-limit",
-    type=click.FloatRange(min=0.01),
+    type=_Number(min=0.01),
     help="Answer 10011 past this many requests per second.",
 )
 @click.option(
@@ -515,12 +566,12 @@ def validate(
 )
 @click.option(
     "--fault-rate",
-    type=click.FloatRange(0.0, 1.0),
+    type=_Number(0.0, 1.0),
     default=0.0,
     show_default=True,
     help="Share of requests that get a transient fault.",
 )
-@click.option("--latency-ms", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
+@click.option("--latency-ms", type=_Number(min=0.0), default=0.0, show_default=True)
 @click.option("--key", help="Accept only this key (10001 otherwise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the fault draws.")
 def sandbox(

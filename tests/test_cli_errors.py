@@ -4,6 +4,7 @@ is sent, and never a traceback."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -125,3 +126,73 @@ def test_validate_summary_json_in_a_missing_folder_or_on_the_input(
         assert result.exit_code == 1, result.output
         _one_clear_line(result)
     assert src.read_bytes() == before
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["notaurl", "ftp://example.com/q", "http://[::1", "https:///financeInfo/query"]
+)
+def test_an_endpoint_that_is_not_an_http_url_is_a_usage_error(
+    tmp_path: Path, run: Run, endpoint: str
+) -> None:
+    result = run("enrich", str(_input(tmp_path)), "--key", "k", "--endpoint", endpoint)
+    assert result.exit_code == 2, result.output
+    assert "--endpoint" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "flags", [["--qps", "inf"], ["--qps", "nan"], ["--timeout", "inf"], ["--retry-max", "nan"]]
+)
+def test_numbers_must_be_finite(tmp_path: Path, run: Run, flags: list[str]) -> None:
+    result = run("enrich", str(_input(tmp_path)), "--sandbox", *flags)
+    assert result.exit_code == 2, result.output
+    assert flags[0] in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'qps = "fast"',
+        "qps = inf",
+        'headers = "fr"',
+        'max_age = "forever"',
+        'escape_formulas = "no"',
+        'endpoint = "ftp://example.com/q"',
+    ],
+)
+def test_a_bad_value_in_the_config_file_is_a_config_error_naming_the_file(
+    tmp_path: Path, run: Run, line: str
+) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(line + "\n", encoding="utf-8")
+    result = run("enrich", str(_input(tmp_path)), "--sandbox", "--config", str(config))
+    assert result.exit_code == 1, result.output
+    _one_clear_line(result)
+    name = line.split(" =")[0]
+    assert "settings.toml" in result.output and name in result.output
+
+
+def test_the_example_config_loads_with_every_setting_uncommented(tmp_path: Path, run: Run) -> None:
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text("utf-8")
+    # Uncomment every `# name = value` line and the [bands] table, as a user would.
+    text = re.sub(r"(?m)^# (\w+ = |\[bands\]|  +)", r"\1", example)
+    text = text.replace('"/var/lib/batch-enricher/journal.sqlite3"', repr(str(tmp_path / "j")))
+    config = tmp_path / "c.toml"
+    config.write_text(text, encoding="utf-8")
+    src = write_csv(tmp_path / "in.csv", [list(person(1))], ("客户名称", "证件号", "联系方式"))
+    result = run("enrich", str(src), "--dry-run", "--config", str(config), "--encoding", "utf-8")
+    assert result.exit_code == 0, result.output
+
+
+# --- sandbox ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags", [["--latency-ms", "inf"], ["--qps-limit", "nan"], ["--fault-rate", "nan"]]
+)
+def test_sandbox_numbers_must_be_finite(run: Run, flags: list[str]) -> None:
+    result = run("sandbox", "--port", "0", *flags)
+    assert result.exit_code == 2, result.output
+    assert flags[0] in result.output
