@@ -5,6 +5,7 @@ No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal.py and sand
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -594,18 +595,24 @@ def sandbox(
     """
     from batch_enricher.sandbox import SandboxConfig, serve
 
-    serve(
-        SandboxConfig(
-            key=key,
-            qps_limit=qps_limit,
-            quota=quota,
-            fault_rate=fault_rate,
-            latency_ms=latency_ms,
-            seed=seed,
-        ),
-        host=host,
-        port=port,
+    config = SandboxConfig(
+        key=key,
+        qps_limit=qps_limit,
+        quota=quota,
+        fault_rate=fault_rate,
+        latency_ms=latency_ms,
+        seed=seed,
     )
+    try:
+        serve(config, host=host, port=port)
+    except OSError as exc:  # binding: a port in use, an address not on this machine, ...
+        if exc.errno == errno.EADDRINUSE:
+            raise _Failure(
+                f"port {port} on {host} is already in use; choose another with --port "
+                "(0 picks a free one)"
+            ) from None
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        raise _Failure(f"cannot listen on {host} port {port}: {reason or exc}") from None
 
 
 @cli.command(name="codes")

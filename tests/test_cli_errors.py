@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 import urllib.request
 from collections.abc import Callable
@@ -187,6 +188,17 @@ def test_the_example_config_loads_with_every_setting_uncommented(tmp_path: Path,
 
 
 # --- sandbox ----------------------------------------------------------------------------------
+
+
+def test_sandbox_on_a_port_in_use_is_one_clear_line(run: Run) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("sandbox", "--port", str(port))
+    assert result.exit_code == 1, result.output
+    _one_clear_line(result)
+    assert "in use" in result.output and "--port" in result.output
 
 
 @pytest.mark.parametrize(
