@@ -69,7 +69,8 @@ _KIND_EFFECT: Final[dict[codes_mod.Kind, tuple[str, str]]] = {
     codes_mod.Kind.REJECTED: ("rejected", "final for this person: not billed, never retried"),
     codes_mod.Kind.TRANSIENT: ("failed", "retried with backoff; failed if it persists"),
     codes_mod.Kind.RATE_LIMITED: ("failed", "retried; also slows the shared rate down"),
-    codes_mod.Kind.QUOTA: ("skipped", "retried; if it persists, sending stops (exit 3)"),
+    # The row that met the persisting 10012 is failed; only the rows never sent are skipped.
+    codes_mod.Kind.QUOTA: ("failed", "retried; if it persists, sending stops (exit 3)"),
     codes_mod.Kind.ACCOUNT: ("skipped", "aborts the run at once, nothing more sent (exit 4)"),
 }
 _UNKNOWN_EFFECT: Final = ("failed", "treated as transient: retried, never billed")
