@@ -79,7 +79,8 @@ def load_config(path: Path) -> tuple[dict[str, Any], dict[str, bands.Table]]:
     Unknown settings are an error naming the known ones, so a typo never passes silently.
     """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: Windows Notepad writes a BOM, which TOML itself does not allow.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -142,3 +142,11 @@ def test_usage_errors_exit_2(tmp_path: Path, run: Run) -> None:
     both = run("enrich", str(src), "--sandbox", "-o", "x.csv", "--output-dir", str(tmp_path))
     assert both.exit_code == 2 and "not both" in both.output
     assert run("enrich").exit_code == 2
+
+
+def test_a_config_saved_with_a_utf8_bom_loads(tmp_path: Path) -> None:
+    # Windows Notepad saves UTF-8 with a BOM; the Chinese column names still have to match.
+    path = tmp_path / "c.toml"
+    path.write_bytes('qps = 5\nname_col = "客户名称"\n'.encode("utf-8-sig"))
+    settings, _ = load_config(path)
+    assert settings == {"qps": 5, "name_col": "客户名称"}
