@@ -177,7 +177,9 @@ def _check_written_paths(
     from batch_enricher.runner import resolve_outputs
 
     outputs = resolve_outputs(options)
-    if not options.dry_run:
+    # A default output lies beside its input: a missing folder there is a missing input,
+    # which the reader reports better.
+    if not options.dry_run and (options.output or options.output_dir):
         for out in outputs:
             _check_folder(out, "output")
     taken = {p.resolve(): "an input" for p in options.inputs}

@@ -101,6 +101,15 @@ def test_a_missing_output_folder_is_exit_1_before_anything_is_sent(
     assert _requests(server) == 0, "paid for answers that could not be written"
 
 
+def test_a_missing_input_is_reported_as_missing_not_as_an_output_problem(
+    tmp_path: Path, run: Run
+) -> None:
+    result = run("enrich", str(tmp_path / "no" / "in.csv"), "--sandbox")
+    assert result.exit_code == 1, result.output
+    _one_clear_line(result)
+    assert "no such file" in result.output
+
+
 @pytest.mark.parametrize("flag", ["--summary-json", "--log-file"])
 def test_summary_and_log_never_overwrite_an_input_or_the_output(
     tmp_path: Path, run: Run, flag: str
