@@ -185,6 +185,10 @@ def _check_written_paths(
     taken = {p.resolve(): "an input" for p in options.inputs}
     taken.update({p.resolve(): "an output" for p in outputs})
     if options.state is not None:
+        # A journal at an output's path would be replaced by the output: paid answers lost.
+        what = taken.get(options.state.resolve())
+        if what is not None:
+            raise OutputError(f"--state {options.state} is {what} of this run; choose another path")
         taken[options.state.resolve()] = "the journal"
     for flag, path in (("--summary-json", summary_json), ("--log-file", log_file)):
         if path is None:

@@ -217,3 +217,13 @@ def test_sandbox_numbers_must_be_finite(run: Run, flags: list[str]) -> None:
     result = run("sandbox", "--port", "0", *flags)
     assert result.exit_code == 2, result.output
     assert flags[0] in result.output
+
+
+def test_the_journal_is_never_an_input_or_the_output(tmp_path: Path, run: Run) -> None:
+    src = _input(tmp_path)
+    out = tmp_path / "out.csv"
+    for target in (out, src):
+        result = run("enrich", str(src), "--sandbox", "-o", str(out), "--state", str(target))
+        assert result.exit_code == 1, result.output
+        _one_clear_line(result)
+    assert not out.exists(), "a journal at the output's path is replaced by the output"
