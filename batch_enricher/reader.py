@@ -264,7 +264,8 @@ def _csv_records(path: Path, encoding: str, delimiter: str) -> _Records:
                 # blank, and one join + strip in C is several times cheaper than _is_empty.
                 if "".join(row).strip():
                     yield cast(list[Cell], row)
-    except UnicodeDecodeError:
+    # UnicodeError, not just decode errors: some codecs refuse a whole stream (UTF-16, no BOM).
+    except UnicodeError:
         raise InputError(_decode_error(path, encoding)) from None
     except csv.Error as exc:
         line = reader.line_num if reader is not None else 0

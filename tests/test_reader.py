@@ -488,3 +488,10 @@ def test_an_html_table_named_xls_says_what_it_is(tmp_path: Path) -> None:
     path.write_bytes("<html><table><tr><td>姓名</td></tr></table></html>".encode())
     with pytest.raises(InputError, match=r"HTML page saved with an \.xls name"):
         reader.open_source(path)
+
+
+def test_a_wrong_encoding_override_is_an_input_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("姓名,身份证号,手机号\n张三,11010119900307803X,13812345678\n", encoding="utf-8")
+    with pytest.raises(InputError, match="is not valid utf-16 text"):
+        list(reader.open_source(path, encoding="utf-16").rows())
