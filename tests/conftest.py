@@ -85,11 +85,13 @@ def serve_app() -> Iterator[Callable[..., Served]]:
             port = runner.addresses[0][1]
             box["url"] = f"http://127.0.0.1:{port}{path}"
             box["runner"] = runner
-            ready.set()
 
         def main() -> None:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(boot())
+            # Ready only once the loop is serving: a stop requested from then on lands in
+            # run_forever, never in the tail of run_until_complete (which it would break).
+            loop.call_soon(ready.set)
             loop.run_forever()
             runner = box["runner"]
             assert isinstance(runner, web.AppRunner)
