@@ -169,27 +169,14 @@ def _setup_logging(
 def _check_written_paths(
     options: EnrichOptions, *, summary_json: Path | None, log_file: Path | None
 ) -> None:
-    """Refuse, before anything is sent, a run whose files could not be written where asked.
-
-    Answers are paid for during the run and written at its end: a missing folder found only
-    then costs a rerun, and a summary or log aimed at an input or output would overwrite it.
-    """
+    """Refuse, before anything is sent, a summary or log that could not be written or would
+    overwrite an input, an output or the journal (the library checks its own files)."""
     from batch_enricher.runner import resolve_outputs
 
-    outputs = resolve_outputs(options)
-    # A default output lies beside its input: a missing folder there is a missing input,
-    # which the reader reports better.
-    if not options.dry_run and (options.output or options.output_dir):
-        for out in outputs:
-            _check_folder(out, "output")
     taken = {p.resolve(): "an input" for p in options.inputs}
-    taken.update({p.resolve(): "an output" for p in outputs})
+    taken.update({p.resolve(): "an output" for p in resolve_outputs(options)})
     if options.state is not None:
-        # A journal at an output's path would be replaced by the output: paid answers lost.
-        what = taken.get(options.state.resolve())
-        if what is not None:
-            raise OutputError(f"--state {options.state} is {what} of this run; choose another path")
-        taken[options.state.resolve()] = "the journal"
+        taken.setdefault(options.state.resolve(), "the journal")
     for flag, path in (("--summary-json", summary_json), ("--log-file", log_file)):
         if path is None:
             continue

@@ -133,7 +133,8 @@ def default_output(path: Path, output_dir: Path | None) -> Path:
 
 
 def resolve_outputs(options: EnrichOptions) -> list[Path]:
-    """One output path per input, checked to never overwrite an input or each other."""
+    """One output path per input, checked before anything is sent: each can be written, and
+    none overwrites an input, another output or the journal."""
     if options.output is not None and len(options.inputs) > 1:
         raise ConfigError("-o/--output takes a single input; with several, use --output-dir")
     if options.output is not None:
@@ -151,6 +152,18 @@ def resolve_outputs(options: EnrichOptions) -> list[Path]:
                 f"two inputs would both be written to {out}; rename one or use separate runs"
             )
         seen.add(resolved)
+    # Checked now, not when writing: by then every answer has been paid for. A default output
+    # lies beside its input, whose absence the reader reports better.
+    if (options.output or options.output_dir) and not options.dry_run:
+        for out in outputs:
+            if not out.parent.is_dir():
+                raise OutputError(
+                    f"cannot write the output {out}: folder does not exist: {out.parent}"
+                )
+    if options.state is not None and options.state.resolve() in inputs | seen:
+        # The output would replace the journal (paid answers lost), or the journal an input.
+        what = "an input" if options.state.resolve() in inputs else "an output"
+        raise OutputError(f"--state {options.state} is {what} of this run; choose another path")
     return outputs
 
 

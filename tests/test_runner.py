@@ -76,3 +76,21 @@ def test_a_journal_that_cannot_be_written_stops_all_sending(
 
     assert server.stats.requests <= 3 + 1 + 4, "no one kept sending once answers could not be kept"
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_missing_output_folder_is_refused_before_anything_is_paid(tmp_path: Path) -> None:
+    src = tmp_path / "a.csv"
+    with pytest.raises(OutputError, match="folder does not exist"):
+        resolve_outputs(EnrichOptions(inputs=[src], output=tmp_path / "nope" / "o.csv"))
+    with pytest.raises(OutputError, match="folder does not exist"):
+        resolve_outputs(EnrichOptions(inputs=[src], output_dir=tmp_path / "nope"))
+    dry = EnrichOptions(inputs=[src], output_dir=tmp_path / "nope", dry_run=True)
+    assert resolve_outputs(dry), "a dry run writes nothing, so it needs no folder"
+
+
+def test_the_journal_never_shares_a_path_with_an_input_or_output(tmp_path: Path) -> None:
+    src, out = tmp_path / "a.csv", tmp_path / "o.csv"
+    with pytest.raises(OutputError, match="is an output of this run"):
+        resolve_outputs(EnrichOptions(inputs=[src], output=out, state=out))
+    with pytest.raises(OutputError, match="is an input of this run"):
+        resolve_outputs(EnrichOptions(inputs=[src], output=out, state=src))
