@@ -448,10 +448,11 @@ def enrich(
         _fail(exc, secrets)
     _setup_logging(verbose, quiet, log_file, secrets)
     if key and ctx.get_parameter_source("key") is ParameterSource.COMMANDLINE:
-        click.echo(
-            "warning: --key is visible to other users (ps, shell history); "
-            f"prefer the {ENV['key']} environment variable or the config file",
-            err=True,
+        # A warning, not an error: -q keeps it out of cron mail, --log-file still records it.
+        log.warning(
+            "--key is visible to other users (ps, shell history); "
+            "prefer the %s environment variable or the config file",
+            ENV["key"],
         )
     if insecure:
         click.echo(

@@ -226,9 +226,25 @@ def test_key_on_the_command_line_warns_and_never_echoes(
     src = write_csv(tmp_path / "in.csv", [list(person(1))])
     result = run("enrich", str(src), "--key", KEY, "--endpoint", server.url, *fast())
     assert result.exit_code == 4
-    assert "visible to other users" in result.stderr
+    assert "WARNING: --key is visible to other users" in result.stderr
     assert "10001" in result.output
     assert KEY not in result.output
+
+    log = tmp_path / "run.log"
+    quiet = run(
+        "enrich",
+        str(src),
+        "--key",
+        KEY,
+        "--endpoint",
+        server.url,
+        "-q",
+        "--log-file",
+        str(log),
+        *fast(),
+    )
+    assert "visible to other users" not in quiet.stderr, "-q: errors only (cron mail)"
+    assert "visible to other users" in log.read_text(encoding="utf-8"), "the log keeps it"
 
 
 def test_insecure_warns_loudly(tmp_path: Path, run: Run) -> None:
