@@ -78,6 +78,10 @@ class _Counting(Progress):
         # Invalid rows are only known from `already`: without it a live "invalid 0" would lie.
         self._shown = _SHOWN if already is not None else _SHOWN_WITHOUT_INVALID
         self.started = self._clock()
+        self._begin()
+
+    def _begin(self) -> None:
+        """Show that calling began (the counts above are set)."""
 
     def advance(self, rows: int, status: Status, *, billed: bool) -> None:
         self.done += rows
@@ -103,22 +107,14 @@ class BarProgress(_Counting):
         self.close()  # the bar is complete once calling ends; the next phase gets its own line
         print(f"batch-enricher: {name}", file=self._stream, flush=True)
 
-    def start(
-        self,
-        total_rows: int,
-        done_rows: int,
-        calls: int,
-        *,
-        already: Mapping[Status, int] | None = None,
-    ) -> None:
-        super().start(total_rows, done_rows, calls, already=already)
+    def _begin(self) -> None:
         self._bar = tqdm(
-            total=total_rows,
-            initial=done_rows,
+            total=self.total,
+            initial=self.done,
             unit="row",
             file=self._stream,
             dynamic_ncols=True,
-            desc=f"{calls} call(s)",
+            desc=f"{self.calls} call(s)",
             mininterval=0.2,
         )
         self._bar.set_postfix_str(self._counts_text(), refresh=False)
@@ -159,19 +155,11 @@ class LineProgress(_Counting):
     def phase(self, name: str) -> None:
         print(f"batch-enricher: {name}", file=self._stream, flush=True)
 
-    def start(
-        self,
-        total_rows: int,
-        done_rows: int,
-        calls: int,
-        *,
-        already: Mapping[Status, int] | None = None,
-    ) -> None:
-        super().start(total_rows, done_rows, calls, already=already)
+    def _begin(self) -> None:
         self._last = self.started
         print(
-            f"batch-enricher: {total_rows} row(s), {done_rows} already final, "
-            f"{calls} call(s) to make",
+            f"batch-enricher: {self.total} row(s), {self.done} already final, "
+            f"{self.calls} call(s) to make",
             file=self._stream,
             flush=True,
         )
