@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,10 +10,9 @@ from typing import Any, Final
 
 from batch_enricher import bands as bands_mod
 from batch_enricher import codes as codes_mod
-from batch_enricher.errors import OutputError
 from batch_enricher.models import Status
 from batch_enricher.summary import FileSummary, RunSummary
-from batch_enricher.writer import SummarySheet
+from batch_enricher.writer import SummarySheet, write_text_atomically
 
 _EXIT_MEANING: Final = {
     0: "every row is final",
@@ -213,20 +209,5 @@ def write_json(summary: RunSummary, path: Path) -> None:
 
 
 def write_json_doc(doc: Mapping[str, Any], path: Path) -> None:
-    """Write `doc` as JSON atomically (temp file, then rename): a reader never sees half of it.
-
-    Raises `OutputError` when the file cannot be written.
-    """
-    text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    """Write `doc` as JSON atomically, like any output; raises `OutputError` if it cannot."""
+    write_text_atomically(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")

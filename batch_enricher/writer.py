@@ -579,6 +579,28 @@ def _column_widths(rows: Sequence[Sequence[Cell]], ncols: int) -> list[float]:
     return [min(width, _MAX_WIDTH) for width in widths]
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a small UTF-8 text file the way outputs are written: 0600 temp file, fsync, rename.
+
+    >>> # write_text_atomically(Path("run.json"), "{}\\n")
+    """
+    fd, name = _create_temp(path)
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        _remove_quietly(temp)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    _fsync_dir(path.parent)
+
+
 def _create_temp(target: Path) -> tuple[int, str]:
     """A 0600 temp file beside `target`, so the final rename stays on one file system."""
     directory = target.parent
