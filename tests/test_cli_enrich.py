@@ -11,7 +11,6 @@ import pytest
 from aiohttp import web
 from click.testing import Result
 
-from batch_enricher.sandbox import STATS, SandboxConfig, make_app
 from tests.conftest import Served, fast, person, read_csv, write_csv
 
 Run = Callable[..., Result]
@@ -408,9 +407,3 @@ def test_shipped_samples_run_in_the_sandbox(tmp_path: Path, run: Run, sample: st
     ]
     assert all(r["error_reason"] for r in reasons if r["status"] == "invalid")
     assert all(str(r["orderid"]).startswith("SANDBOX") for r in reasons if r["status"] == "ok")
-
-
-def test_sandbox_app_is_shared_by_fixture() -> None:
-    """The fixtures hand tests the emulator's own stats object (guards the conftest wiring)."""
-    app = make_app(SandboxConfig())
-    assert app[STATS].requests == 0
