@@ -18,9 +18,9 @@ import openpyxl
 import pytest
 from openpyxl.worksheet._writer import ALL_TEMP_FILES
 
+from batch_enricher import writer as writer_mod
 from batch_enricher.errors import OutputError, UnsupportedFileError
 from batch_enricher.models import Status
-from batch_enricher import writer as writer_mod
 from batch_enricher.writer import (
     Cell,
     SummarySheet,
@@ -415,9 +415,7 @@ def test_a_summary_json_write_sweeps_its_own_leftovers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
-def test_a_live_writers_temp_files_survive_another_runs_sweep(
-    tmp_path: Path, suffix: str
-) -> None:
+def test_a_live_writers_temp_files_survive_another_runs_sweep(tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"o{suffix}"
     with open_writer(out, HEADERS) as writer:
         for i in range(300):
