@@ -31,6 +31,8 @@ def test_a_journal_write_failure_says_what_was_lost_and_what_to_do(
     src = write_csv(tmp_path / "in.csv", [list(person(i)) for i in range(60)])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    # What a killed earlier run left: swept at the start of this run, which writes nothing.
+    (out_dir / ".o.csv.batch-enricher-dead0000.tmp").write_text("王小明", encoding="utf-8")
     real_put = Journal.put
     kept: list[Answer] = []
     refused: list[Answer] = []
@@ -67,4 +69,4 @@ def test_a_journal_write_failure_says_what_was_lost_and_what_to_do(
     assert abandoned < CONCURRENCY, "the worker that failed is not in flight any more"
     # Every request the server saw is kept, refused (counted above) or within "up to N".
     assert server.stats.requests <= len(kept) + len(refused) + abandoned
-    assert os.listdir(out_dir) == [], "no output, no temporary file"
+    assert os.listdir(out_dir) == [], "no output, no temporary file, not even an old one"
