@@ -657,15 +657,34 @@ def purge(older_than: float, state: Path | None) -> None:
     click.echo(f"purged {removed} answer(s) older than the cutoff; {left} kept in {path}")
 
 
+#: Ctrl-C outside a run's own handler. `enrich` handles SIGINT itself from opening the journal
+#: to writing the last output, so this one came before anything was sent or after all of it: no
+#: request was in flight, and an output being written is removed, never left half-done.
+_INTERRUPTED: Final = (
+    "interrupted: no request was in flight; answers already received are kept in the journal "
+    "and an unfinished output was not written; rerun the same command to continue"
+)
+
+
 def main() -> None:
     """Console-script entry point: no traceback ever reaches the user."""
     try:
-        cli(prog_name="batch-enricher")
+        # Not standalone: click would answer Ctrl-C itself ("Aborted!", exit 1), saying
+        # nothing of what was kept. Its other duties are done here as it does them.
+        code = cli.main(prog_name="batch-enricher", standalone_mode=False)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        click.echo("interrupted; answers received so far are kept in the journal", err=True)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo(_INTERRUPTED, err=True)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`| head`): exit quietly, and let the final flush go nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
     except Exception as exc:
         click.echo(f"Error: unexpected {type(exc).__name__}: {scrub(str(exc))}", err=True)
         # Not log.isEnabledFor: the logger is always at DEBUG (the --log-file wants everything).
@@ -673,3 +692,4 @@ def main() -> None:
             click.echo(scrub(traceback.format_exc()), err=True)
         click.echo("please report this (see SECURITY.md / README); rerunning is safe", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

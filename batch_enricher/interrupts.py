@@ -29,6 +29,8 @@ class Interrupts:
         self._note = note
         self.reason: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set while dispatching
+        #: requests that may be in flight at most (the workers): set while dispatching
+        self.in_flight = 0
         self._cleanups: list[Callable[[], None]] = []
 
     @property
@@ -40,8 +42,7 @@ class Interrupts:
         """The signal handler: first signal stops sending, the second exits now."""
         name = signal.Signals(signum).name
         if self.reason is not None:
-            # The journal is committed answer by answer: leaving now loses nothing paid for.
-            self._say(f"{name} again: exiting now; every answer so far is in the journal")
+            self._say(self._exit_message(name))
             for cleanup in reversed(self._cleanups):
                 with contextlib.suppress(Exception):
                     cleanup()  # e.g. remove a half-written output: it holds personal data
@@ -50,6 +51,21 @@ class Interrupts:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self._on_stop, self.reason)
         self._say(f"{name}: no new requests; finishing the calls in flight and the output")
+
+    def _exit_message(self, name: str) -> str:
+        """What exiting now keeps and loses, and what to run next."""
+        # The journal is committed answer by answer, so every answer received is kept; a
+        # request still in flight may have been billed, but its answer will never arrive.
+        parts = [f"{name} again: exiting now; answers received so far are kept in the journal"]
+        if self.in_flight:
+            parts.append(
+                f"up to {self.in_flight} request(s) in flight were abandoned and may have "
+                "been billed (their answers are lost)"
+            )
+        if self._cleanups:
+            parts.append("the unfinished output was not written")
+        parts.append("rerun the same command to continue")
+        return "; ".join(parts)
 
     @contextmanager
     def cleanup(self, action: Callable[[], None]) -> Iterator[None]:

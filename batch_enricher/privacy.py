@@ -6,6 +6,7 @@ safety net on the log handlers in case a value slips through in a third-party me
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -20,6 +21,12 @@ _ID_RE: Final = re.compile(rf"(?<![0-9])[0-9](?:{_SEP}[0-9]){{13,16}}{_SEP}[0-9X
 _MOBILE_RE: Final = re.compile(
     rf"(?<![0-9])(?:(?:\+|00)?86{_SEP})?1{_SEP}[3-9](?:{_SEP}[0-9]){{9}}(?![0-9])"
 )
+#: Secrets this long are masked wherever they appear: no word holds one by chance, and a key
+#: glued to other text must not show. Shorter ones only where they stand as a whole token, so a
+#: one-letter test key is masked in `key=k` but does not turn `--key` into `--***ey`.
+_SECRET_ANYWHERE: Final = 8
+#: What continues a token on either side of a short secret (`-` too: `--key` is one word).
+_TOKEN: Final = r"[\w-]"
 #: One character for one: full-width digits, X, plus and hyphen, and the ideographic space.
 _FOLD: Final[dict[int, str]] = {
     **{0xFF10 + d: str(d) for d in range(10)},
@@ -70,14 +77,26 @@ def mask_key(value: str) -> str:
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Mask anything in free text that looks like an ID number or mobile, and the given secrets.
 
+    A secret shorter than 8 characters is masked only where it stands as a whole token.
+
     >>> scrub("id 11010119900307123X tel 13812345678")
     'id 110***********123X tel 138****5678'
+    >>> scrub("--key is visible; key=k", ("k",))
+    '--key is visible; key=***'
     """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            text = _secret_pattern(secret).sub("***", text)
     text = _mask_all(text, _ID_RE, mask_idcard)
     return _mask_all(text, _MOBILE_RE, mask_mobile)
+
+
+@functools.lru_cache(maxsize=16)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    escaped = re.escape(secret)
+    if len(secret) >= _SECRET_ANYWHERE:
+        return re.compile(escaped)
+    return re.compile(rf"(?<!{_TOKEN}){escaped}(?!{_TOKEN})")
 
 
 def _mask_all(text: str, pattern: re.Pattern[str], mask: Callable[[str], str]) -> str:

@@ -46,6 +46,7 @@ from batch_enricher.errors import (
     AccountError,
     ConfigError,
     InputError,
+    JournalError,
     OutputError,
     TransientApiError,
 )
@@ -58,11 +59,15 @@ from batch_enricher.progress import NullProgress, Progress
 from batch_enricher.reader import Cell, Source, open_source
 from batch_enricher.summary import FileSummary, RunSummary
 from batch_enricher.validate import check_row
-from batch_enricher.writer import SummarySheet, open_writer
+from batch_enricher.writer import SummarySheet, open_writer, sweep_temporary_files
 
 log = logging.getLogger("batch_enricher")
 
 _LOOKUP_BATCH: Final = 500  # keys per journal look-up while planning and writing
+_PLANNING_STOPPED: Final = (
+    "batch-enricher: planning was interrupted: nothing was sent, nothing billed; the output "
+    "marks the rows not yet asked for as skipped; rerun the same command to continue"
+)
 _MEMO_SIZE: Final = 1 << 16  # rows' verdicts and people's results kept in memory at most
 
 
@@ -317,11 +322,15 @@ async def _dispatch(
             client = JuheClient(session, endpoint, key, timeout=options.timeout)
             caller = Caller(client, pacer, control, options.retry, stats)
             todo: Iterator[tuple[bytes, Person]] = iter(plan.to_call)
+            in_flight = 0
+            unkept: list[Answer] = []  # answers received that the journal could not store
 
             async def worker() -> None:
+                nonlocal in_flight
                 for key_, person in todo:
                     if control.stopped:
                         return
+                    in_flight += 1
                     try:
                         answer = await caller.call(person)
                     except (NotSent, AccountError):
@@ -330,7 +339,13 @@ async def _dispatch(
                         outcomes[key_] = Outcome(Status.FAILED, exc.error_code, _failed(exc))
                         progress.advance(plan.rows_of[key_], Status.FAILED, billed=False)
                         continue
-                    journal.put(key_, answer)
+                    finally:
+                        in_flight -= 1
+                    try:
+                        journal.put(key_, answer)
+                    except JournalError:
+                        unkept.append(answer)
+                        raise
                     answered.add(key_)
                     progress.advance(
                         plan.rows_of[key_], answer.status, billed=answer.status is Status.OK
@@ -340,13 +355,16 @@ async def _dispatch(
             workers = [asyncio.create_task(worker()) for _ in range(count)]
             try:
                 await asyncio.gather(*workers)
-            except BaseException:
+            except BaseException as exc:
                 # One worker failed for real (the journal cannot be written, say): the others
                 # must not go on sending answers that could no longer be kept.
                 control.stop("stopped by an error")
+                abandoned = in_flight
                 for task in workers:
                     task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
+                if isinstance(exc, JournalError) and unkept:
+                    raise _journal_failed(exc, unkept, abandoned) from exc
                 raise
     finally:
         if sandbox is not None:
@@ -357,6 +375,18 @@ async def _dispatch(
         summary.rate_limited += stats.codes[10011]
         log.debug("dispatch took %.1f s", time.monotonic() - started)
     return outcomes
+
+
+def _journal_failed(exc: JournalError, unkept: list[Answer], abandoned: int) -> JournalError:
+    """The journal refused an answer: what that cost, and what to do before rerunning."""
+    billed = sum(answer.status is Status.OK for answer in unkept)
+    return JournalError(
+        f"{exc}. Nothing more was sent and no output was written. Answers already in the "
+        f"journal are kept; lost: {billed} billed answer(s) that arrived but could not be "
+        f"stored, and up to {abandoned} request(s) in flight, abandoned (they may have been "
+        "billed). Free disk space or fix the journal folder's permissions, then rerun the "
+        "same command: it asks only for people whose answer is not in the journal"
+    )
 
 
 def _failed(exc: TransientApiError) -> str:
@@ -571,6 +601,9 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
             "(or try --sandbox to run against the built-in emulator)"
         )
     outputs = resolve_outputs(options)
+    if not options.dry_run:
+        for out in outputs:  # what a killed run left beside them holds personal data
+            sweep_temporary_files(out)
     inputs = _open_inputs(options, outputs)
     state = options.state
     if state is None:
@@ -590,17 +623,20 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
         outcomes: dict[bytes, Outcome] = {}
         answered: set[bytes] = set()
         if not options.dry_run:
-            progress.start(
-                plan.total_rows, plan.resolved_rows, len(plan.to_call), already=plan.already
-            )
             interrupts.loop = asyncio.get_running_loop()
             if interrupts.reason is not None:  # a signal during planning: send nothing
                 control.stop(interrupts.reason)
+                progress.note(_PLANNING_STOPPED)
+            else:
+                progress.start(
+                    plan.total_rows, plan.resolved_rows, len(plan.to_call), already=plan.already
+                )
+                interrupts.in_flight = min(options.concurrency, len(plan.to_call))
             if plan.to_call and not control.stopped:
                 outcomes = await _dispatch(
                     options, plan, journal, summary, control, progress, answered
                 )
-            interrupts.loop = None
+            interrupts.loop, interrupts.in_flight = None, 0
             progress.phase("writing")
         # The same cutoff as planning, so rows agree with what was reused and what was (or in
         # a dry run would be) asked again; this run's own answers are found by key instead.

@@ -6,6 +6,12 @@ it and renames it over the target in one step, so a reader never sees a half-wri
 earlier output stays intact until then. Leaving a `with` block without `commit` (or with an
 exception) removes the temporary file and leaves the target untouched.
 
+Temporary files hold personal data, so none outlives its run for long, kill -9 included: each
+lies beside its target (never in `$TMPDIR`), is named `.<target name>.batch-enricher-<random>…tmp`
+and is held under an `flock` while it lives. `sweep_temporary_files` (run before each write of
+the same target) removes those whose lock nobody holds: the leftovers of a killed run, never a
+live run's file. openpyxl's own row spill file for XLSX is made one of them (`_spill_beside`).
+
 Formats:
 - CSV/TSV: UTF-8 with BOM (Excel detects the encoding), `\\r\\n` line endings (RFC 4180, what
   Excel writes), every cell as text: None → "", bool → TRUE/FALSE, dates/times → ISO 8601,
@@ -25,18 +31,21 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import errno
+import fcntl
 import functools
 import io
 import math
 import os
 import re
+import stat
 import tempfile
 import unicodedata
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Final, Self, cast
+from typing import IO, TYPE_CHECKING, Any, Final, Self, cast
 
 from batch_enricher.errors import OutputError, UnsupportedFileError
 from batch_enricher.models import Status
@@ -87,6 +96,14 @@ _EXCEL_MAX_STR: Final = 32767
 
 _DELIMITERS: Final = {".csv": ",", ".tsv": "\t"}
 
+#: In every temporary file's name, after `.<target name>.`: how a sweep knows a file is ours.
+_TEMP_TAG: Final = "batch-enricher-"
+_TEMP_SUFFIX: Final = ".tmp"
+#: openpyxl's row spill file for an XLSX sheet (also ends in `_TEMP_SUFFIX`).
+_SPILL_SUFFIX: Final = ".sheet.tmp"
+#: New names to try when a sweep took the lock of a file between its creation and our lock.
+_CREATE_TRIES: Final = 5
+
 
 @dataclass
 class SummarySheet:
@@ -123,10 +140,10 @@ def open_writer(
     try:
         if suffix == ".xlsx":
             fd_open = False
-            os.close(fd)  # openpyxl reopens the file itself at commit
+            os.close(fd)  # openpyxl reopens the file itself at commit; `temp` keeps the lock
             writer = _XlsxWriter(
                 path,
-                Path(temp),
+                temp,
                 headers,
                 text_columns=frozenset(text_columns),
                 status_column=status_column,
@@ -138,11 +155,11 @@ def open_writer(
             stream = open(fd, "w", encoding="utf-8", newline="", buffering=1 << 20)  # noqa: SIM115
             fd_open = False  # the stream owns it now, and the writer owns the stream
             stream.write("\ufeff")
-            writer = _CsvWriter(path, Path(temp), stream, _DELIMITERS[suffix], escape_formulas)
+            writer = _CsvWriter(path, temp, stream, _DELIMITERS[suffix], escape_formulas)
     except BaseException:
         if fd_open:
             os.close(fd)
-        _remove_quietly(Path(temp))
+        temp.remove()
         raise
     with _aborting_on_error(writer):
         writer.write_row(headers)
@@ -165,7 +182,7 @@ class Tail:
 class Writer:
     """A streaming output file: `write_row` as often as needed, then `commit` or `abort`."""
 
-    def __init__(self, target: Path, temp: Path) -> None:
+    def __init__(self, target: Path, temp: _TempFile) -> None:
         self.path = target
         self._temp = temp
         self._closed = False
@@ -186,7 +203,7 @@ class Writer:
         self._check_open()
         try:
             self._finish(summary)
-            os.replace(self._temp, self.path)
+            os.replace(self._temp.path, self.path)
         except OSError as exc:
             self.abort()
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
@@ -194,6 +211,8 @@ class Writer:
             self.abort()
             raise
         self._closed = True
+        self._temp.release()  # renamed: the lock now only guards the finished output
+        self._discard()
         _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
@@ -202,7 +221,7 @@ class Writer:
             return
         self._closed = True
         self._discard()
-        _remove_quietly(self._temp)
+        self._temp.remove()
 
     def __enter__(self) -> Self:
         return self
@@ -224,7 +243,8 @@ class Writer:
         raise NotImplementedError
 
     def _discard(self) -> None:
-        """Release open handles without finishing the file."""
+        """Release open handles and remove any temporary file besides `_temp` (after a commit
+        too: then only what is left over)."""
         raise NotImplementedError
 
 
@@ -232,7 +252,7 @@ class _CsvWriter(Writer):
     """CSV or TSV through the stdlib csv module, one list comprehension per row."""
 
     def __init__(
-        self, target: Path, temp: Path, stream: IO[str], delimiter: str, escape: bool
+        self, target: Path, temp: _TempFile, stream: IO[str], delimiter: str, escape: bool
     ) -> None:
         super().__init__(target, temp)
         self._stream = stream
@@ -311,7 +331,7 @@ class _XlsxWriter(Writer):
     def __init__(
         self,
         target: Path,
-        temp: Path,
+        temp: _TempFile,
         headers: Sequence[str],
         *,
         text_columns: frozenset[int],
@@ -324,6 +344,7 @@ class _XlsxWriter(Writer):
         from openpyxl.styles import Font, PatternFill
 
         self._new_cell = WriteOnlyCell
+        self._spills: list[_TempFile] = []  # openpyxl's row spill files, one per sheet
         self._wb = Workbook(write_only=True)
         self._ws = _sheet(self._wb, sheet_title)
         self._ncols = len(headers)
@@ -360,6 +381,7 @@ class _XlsxWriter(Writer):
         for index, width in enumerate(_column_widths(pending, self._ncols), 1):
             ws.column_dimensions[get_column_letter(index)].width = width
         ws.freeze_panes = "A2"
+        self._spill_beside(ws)
         for number, row in enumerate(pending):
             self._append(row, header=number == 0)
 
@@ -428,7 +450,7 @@ class _XlsxWriter(Writer):
         self._ws.auto_filter.ref = f"A1:{last}{max(self._rows, 1)}"
         if summary is not None:
             self._add_summary(summary)
-        with open(self._temp, "wb") as stream:
+        with open(self._temp.path, "wb") as stream:
             self._wb.save(stream)
             stream.flush()
             os.fsync(stream.fileno())
@@ -443,6 +465,7 @@ class _XlsxWriter(Writer):
             _MAX_WIDTH, max(_MIN_WIDTH, *(_display_width(x) + 2 for x in labels))
         )
         ws.column_dimensions["B"].width = 14
+        self._spill_beside(ws)
         ws.append([self._styled(_xlsx_text(summary.title), font=self._bold)])
         row = 1
         for label, value in summary.rows:
@@ -466,19 +489,54 @@ class _XlsxWriter(Writer):
             chart.set_categories(Reference(ws, min_col=1, min_row=first, max_row=max(row, first)))
             ws.add_chart(chart, f"D{1 + number * _CHART_ROWS}")
 
-    def _discard(self) -> None:
-        # openpyxl streams the sheet to its own temp file (mode 0600, holds personal data):
-        # remove it now rather than at interpreter exit.
-        writer = getattr(self._ws, "_writer", None)
-        if writer is None:
+    def _spill_beside(self, ws: Worksheet) -> None:
+        """Make the sheet spill its rows to a temporary file of ours, beside the output.
+
+        Call it after the column widths and panes are set and before the first row: it writes
+        the sheet's opening XML, which openpyxl would otherwise do at the first `append`.
+        """
+        # A write-only sheet streams its rows to `create_temporary_file()`: a NamedTemporaryFile
+        # named openpyxl.* in $TMPDIR, holding every ID number of the output until the save
+        # copies it into the .xlsx. Removing it ourselves is not enough: after kill -9 nothing
+        # can tell our openpyxl.* files from anyone else's, so they would stay for good.
+        # Redirecting it is: `WorksheetWriter` takes the file as `out`, and a sheet whose
+        # `_writer` is set uses it instead of creating its own (openpyxl 3.1's `_get_writer`).
+        # The file is then one of our temporary files: beside the output, named for the sweep,
+        # locked while we live. Registered in ALL_TEMP_FILES as openpyxl registers its own, so
+        # the save's `cleanup()` removes it as usual (and openpyxl's exit hook on a normal exit).
+        from openpyxl.worksheet._writer import ALL_TEMP_FILES, WorksheetWriter
+
+        sheet: Any = ws  # `_writer` is in no type stub
+        if sheet._writer is not None:  # openpyxl already made its own: nothing to redirect
             return
-        rows = getattr(self._ws, "_rows", None)
-        with contextlib.suppress(Exception):  # best effort: only a cleanup of our own spill file
-            if rows is not None:
-                rows.close()  # ends the row stream before its file goes, not at garbage collection
-            writer.close()
-        with contextlib.suppress(OSError, ValueError):
-            writer.cleanup()
+        fd, spill = _create_temp(self.path, _SPILL_SUFFIX)
+        os.close(fd)  # openpyxl opens it by name; `spill` keeps the lock
+        self._spills.append(spill)
+        name = str(spill.path)
+        ALL_TEMP_FILES.append(name)
+        writer = WorksheetWriter(ws, out=name)
+        writer.write_top()
+        sheet._writer = writer
+
+    def _discard(self) -> None:
+        # The spill files hold personal data: remove them now, not at interpreter exit. After a
+        # commit, the save has already removed them; only their locks are left to release.
+        from openpyxl.worksheet._writer import ALL_TEMP_FILES
+
+        for ws in self._wb.worksheets:
+            sheet: Any = ws
+            # Best effort, each on its own: only ends our own streams before their files go.
+            if sheet._rows is not None:
+                with contextlib.suppress(Exception):
+                    sheet._rows.close()
+            if sheet._writer is not None:
+                with contextlib.suppress(Exception):
+                    sheet._writer.close()
+        for spill in self._spills:
+            spill.remove()
+            with contextlib.suppress(ValueError):
+                ALL_TEMP_FILES.remove(str(spill.path))
+        self._spills.clear()
 
 
 def _sheet(workbook: Workbook, title: str) -> Worksheet:
@@ -584,36 +642,137 @@ def write_text_atomically(path: Path, text: str) -> None:
 
     >>> # write_text_atomically(Path("run.json"), "{}\\n")
     """
-    fd, name = _create_temp(path)
-    temp = Path(name)
+    fd, temp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(temp, path)
+        os.replace(temp.path, path)
     except OSError as exc:
-        _remove_quietly(temp)
+        temp.remove()
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
-        _remove_quietly(temp)
+        temp.remove()
         raise
+    temp.release()
     _fsync_dir(path.parent)
 
 
-def _create_temp(target: Path) -> tuple[int, str]:
-    """A 0600 temp file beside `target`, so the final rename stays on one file system."""
+class _TempFile:
+    """A temporary file of ours beside an output, and the lock that marks it as live."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd = lock_fd  # -1 once released
+
+    def release(self) -> None:
+        """Drop the lock (the file is gone, or renamed into place)."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def remove(self) -> None:
+        """Remove the file, then drop its lock."""
+        _remove_quietly(self.path)
+        self.release()
+
+
+def sweep_temporary_files(target: Path) -> int:
+    """Remove the temporary files that dead runs left beside `target`; returns how many went.
+
+    Only files named as ours for this target and whose lock can be taken: a live run holds the
+    lock on its own until it is done, so its files are never touched.
+
+    >>> # sweep_temporary_files(Path("out/customers.enriched.xlsx"))
+    """
+    prefix = f".{target.name}.{_TEMP_TAG}"
+    directory = target.parent
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return 0  # no folder, no leftovers; a folder we cannot read is reported when writing
+    removed = 0
+    for name in names:
+        if name.endswith(_TEMP_SUFFIX) and _remove_if_dead(directory / name):
+            removed += 1
+    return removed
+
+
+def _remove_if_dead(path: Path) -> bool:
+    # O_NOFOLLOW: a symlink named like ours is not ours. O_NONBLOCK: nor is a FIFO.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked: no run is writing it. Unlinked while locked, so the run that created it
+        # (should it only now be taking its lock) finds it gone and makes another.
+        if not _is_same_file(fd, path):
+            return False
+        path.unlink()
+        return True
+    except OSError:
+        return False  # held by a live run (EWOULDBLOCK), gone already, or not ours to remove
+    finally:
+        os.close(fd)
+
+
+def _is_same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the regular file open as `fd`."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return stat.S_ISREG(held.st_mode) and (named.st_dev, named.st_ino) == (
+        held.st_dev,
+        held.st_ino,
+    )
+
+
+def _create_temp(target: Path, suffix: str = _TEMP_SUFFIX) -> tuple[int, _TempFile]:
+    """A locked 0600 temp file beside `target`, so the final rename stays on one file system.
+
+    Returns a descriptor to write through and the `_TempFile` (which holds the lock on its own
+    descriptor, so closing the first keeps the file marked as live). Leftovers of dead runs for
+    the same target are swept first.
+    """
     directory = target.parent
     if not directory.is_dir():
         raise OutputError(f"output directory does not exist: {directory}")
+    sweep_temporary_files(target)
+    for _ in range(_CREATE_TRIES):
+        try:
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}.{_TEMP_TAG}", suffix=suffix, dir=directory
+            )
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write to output directory {directory}: {exc.strerror or exc}"
+            ) from exc
+        os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit, whatever the umask
+        path = Path(name)
+        lock_fd = os.dup(fd)
+        if _lock_new(lock_fd, path):
+            return fd, _TempFile(path, lock_fd)
+        os.close(lock_fd)  # a sweep got to it first and removed it: take another name
+        os.close(fd)
+        _remove_quietly(path)
+    raise OutputError(f"cannot create a temporary file in {directory}: it keeps disappearing")
+
+
+def _lock_new(fd: int, path: Path) -> bool:
+    """Lock a file we just created; False if a sweep took it in between (it is gone then)."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        raise OutputError(
-            f"cannot write to output directory {directory}: {exc.strerror or exc}"
-        ) from exc
-    os.fchmod(fd, 0o600)  # mkstemp already uses 0600; be explicit, whatever the umask
-    return fd, name
+        # Held: a sweep has it. Any other error: no flock on this file system, so no sweep can
+        # lock the file either, and none removes it.
+        return exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
+    return _is_same_file(fd, path)
 
 
 @contextlib.contextmanager

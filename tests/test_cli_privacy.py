@@ -269,3 +269,27 @@ def test_log_filter_scrubs_what_slips_through() -> None:
     PiiFilter((KEY,)).filter(record)
     assert record.getMessage() == "id 110***********803X tel 138****5678 key ***"
     assert scrub("身份证110101199003078") == "身份证110********3078"
+
+
+def test_a_one_letter_key_leaves_the_warning_readable_and_is_masked_as_a_value(
+    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+) -> None:
+    server = sandbox(key="other")
+    src = write_csv(tmp_path / "in.csv", [list(person(1))])
+
+    result = run("enrich", str(src), "--key", "k", "--endpoint", server.url, *fast())
+
+    assert result.exit_code == 4
+    warning = [line for line in result.stderr.splitlines() if "visible" in line]
+    assert warning == [
+        "WARNING: --key is visible to other users (ps, shell history); "
+        "prefer the JUHE_API_KEY environment variable or the config file"
+    ]
+
+    # The same key where it is a value: the name of a folder in an error message.
+    (tmp_path / "k").mkdir()
+    out = tmp_path / "k" / "missing" / "out.csv"
+    failed = run("enrich", str(src), "--key", "k", "--sandbox", "-o", str(out))
+    assert failed.exit_code == 1
+    assert f"{tmp_path}/***/missing/out.csv" in failed.stderr
+    assert "/k/" not in failed.stderr

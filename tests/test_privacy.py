@@ -74,3 +74,42 @@ def test_headerless_file_with_full_width_and_prefixed_values_is_masked() -> None
     assert "0119900307" not in _digits(message)
     assert MOBILE not in _digits(message)
     assert "needs a header row" in message
+
+
+# --- the API key: masked where it is a value, not inside the words around it -----------------
+
+_WARNING = "--key is visible to other users (ps, shell history); prefer the JUHE_API_KEY variable"
+
+
+@pytest.mark.parametrize("key", ["k", "e", "y", "K", "-", "ey", "key", "KEY", "sh"])
+def test_a_short_key_does_not_mask_the_words_around_it(key: str) -> None:
+    # A one-letter key used to turn the warning itself into "--***ey is visible".
+    assert scrub(_WARNING, (key,)) == _WARNING
+
+
+@pytest.mark.parametrize("key", ["k", "-", "ab", "k3y", "k.y", "密"])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{}",
+        "key={}",
+        "key={}&mobile=1",
+        "--key {}",
+        "--key={}",
+        "'{}' rejected",
+        '{{"key": "{}"}}',
+        "path /tmp/{}/out.csv",
+        "{}.csv",
+        "key: {}.",
+        "（{}）",
+    ],
+)
+def test_a_short_key_is_masked_wherever_it_stands_alone(key: str, template: str) -> None:
+    text = template.format(key)
+    assert scrub(text, (key,)) == template.format("***")
+
+
+def test_a_long_key_is_masked_even_glued_to_other_text() -> None:
+    key = "0123456789abcdef0123456789abcdef"
+    assert scrub(f"url?key={key}&x key{key}x", (key,)) == "url?key=***&x key***x"
+    assert scrub("k3y-S3CRET was sent", ("k3y-S3CRET",)) == "*** was sent"

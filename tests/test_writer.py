@@ -6,6 +6,9 @@ import csv
 import datetime
 import os
 import stat
+import subprocess
+import sys
+import tempfile
 import tracemalloc
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -15,9 +18,16 @@ import openpyxl
 import pytest
 from openpyxl.worksheet._writer import ALL_TEMP_FILES
 
+from batch_enricher import writer as writer_mod
 from batch_enricher.errors import OutputError, UnsupportedFileError
 from batch_enricher.models import Status
-from batch_enricher.writer import Cell, SummarySheet, open_writer
+from batch_enricher.writer import (
+    Cell,
+    SummarySheet,
+    open_writer,
+    sweep_temporary_files,
+    write_text_atomically,
+)
 
 HEADERS = ["name", "idcard", "mobile", "amount", "status"]
 DANGEROUS = ["=1+1", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "\nx"]
@@ -310,6 +320,161 @@ def test_unwritable_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("batch_enricher.writer.tempfile.mkstemp", refuse)
     with pytest.raises(OutputError, match=r"cannot write to output directory .*Permission denied"):
         open_writer(tmp_path / "out.csv", HEADERS)
+
+
+# --- temporary files: beside the output, recognisable, swept once dead --------------------------
+
+
+@pytest.fixture
+def private_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A $TMPDIR of the test's own, so anything a writer puts there can be seen."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() caches; read $TMPDIR again
+    return folder
+
+
+def _our_temps(directory: Path, target: str) -> list[str]:
+    prefix = f".{target}.batch-enricher-"
+    return sorted(n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_temp_files_lie_beside_the_output_and_never_in_tmpdir(
+    tmp_path: Path, private_tmpdir: Path, suffix: str
+) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / f"o{suffix}"
+    with open_writer(out, HEADERS, text_columns={1}) as writer:
+        for i in range(500):  # past the XLSX width sample: openpyxl is spilling rows by now
+            writer.write_row(["王小明", f"11010119900307{i:04d}", "13812345678", i, "ok"])
+        temps = _our_temps(out_dir, out.name)
+        assert os.listdir(private_tmpdir) == [], "openpyxl's spill file went to $TMPDIR"
+        assert sorted(os.listdir(out_dir)) == temps
+        assert len(temps) == (2 if suffix == ".xlsx" else 1)  # the XLSX and openpyxl's spill
+        for name in temps:
+            assert stat.S_IMODE((out_dir / name).stat().st_mode) == 0o600
+        writer.commit(SummarySheet("Summary", [("rows", 500)], [("bands", [("a", 1)])]))
+    assert os.listdir(out_dir) == [out.name]
+    assert os.listdir(private_tmpdir) == []
+    if suffix == ".xlsx":
+        assert openpyxl.load_workbook(out).worksheets[0].max_row == 501
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_abort_leaves_no_temp_file_anywhere(
+    tmp_path: Path, private_tmpdir: Path, suffix: str
+) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / f"o{suffix}"
+    temps_before = set(ALL_TEMP_FILES)
+    with open_writer(out, HEADERS) as writer:
+        for i in range(500):
+            writer.write_row(["x", "y", "z", i, "ok"])
+        writer.abort()
+    assert os.listdir(out_dir) == []
+    assert os.listdir(private_tmpdir) == []
+    assert set(ALL_TEMP_FILES) == temps_before, "openpyxl's list of temp files forgets ours"
+
+
+def _dead_leftover(directory: Path, target: str, tail: str = "ab12cd34.tmp") -> Path:
+    """A temp file as a killed run leaves it: our name, personal data inside, no lock."""
+    path = directory / f".{target}.batch-enricher-{tail}"
+    path.write_text("王小明,11010119900307803X\n", encoding="utf-8")
+    return path
+
+
+def test_the_next_write_sweeps_what_a_killed_run_left(tmp_path: Path) -> None:
+    out = tmp_path / "o.csv"
+    dead = [_dead_leftover(tmp_path, out.name), _dead_leftover(tmp_path, out.name, "x.sheet.tmp")]
+    not_ours = [
+        tmp_path / ".o.csv.ab12cd34.tmp",  # no tag: not ours to judge
+        tmp_path / ".other.csv.batch-enricher-ab12cd34.tmp",  # another output's
+        tmp_path / ".o.csv.batch-enricher-ab12cd34.txt",
+        tmp_path / "o.csv.batch-enricher-ab12cd34.tmp",
+    ]
+    for path in not_ours:
+        path.write_text("keep", encoding="utf-8")
+
+    _write(out, [["a", "b", "c", 1, "ok"]])
+
+    assert not any(path.exists() for path in dead)
+    assert all(path.exists() for path in not_ours)
+    assert len(_read_csv(out)) == 2
+
+
+def test_a_summary_json_write_sweeps_its_own_leftovers(tmp_path: Path) -> None:
+    target = tmp_path / "run.json"
+    dead = _dead_leftover(tmp_path, target.name)
+    write_text_atomically(target, "{}\n")
+    assert sorted(os.listdir(tmp_path)) == ["run.json"]
+    assert not dead.exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_a_live_writers_temp_files_survive_another_runs_sweep(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"o{suffix}"
+    with open_writer(out, HEADERS) as writer:
+        for i in range(300):
+            writer.write_row(["x", "y", "z", i, "ok"])
+        live = _our_temps(tmp_path, out.name)
+        dead = _dead_leftover(tmp_path, out.name)
+
+        assert sweep_temporary_files(out) == 1, "only the dead one"
+        # The same from another process, as a second run would do it.
+        code = "import sys, pathlib; from batch_enricher.writer import sweep_temporary_files as s"
+        code += "; print(s(pathlib.Path(sys.argv[1])))"
+        swept = subprocess.run(
+            [sys.executable, "-c", code, str(out)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert swept.stdout.strip() == "0"
+
+        assert not dead.exists()
+        assert _our_temps(tmp_path, out.name) == live
+        writer.commit()
+    assert os.listdir(tmp_path) == [out.name]
+
+
+def test_a_temp_file_swept_before_its_lock_is_taken_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep may open and lock a new file in the instant between its creation and our lock:
+    # it removes it, and the writer must notice and make another rather than write to nothing.
+    out = tmp_path / "o.csv"
+    real_mkstemp = tempfile.mkstemp
+    calls: list[str] = []
+
+    def mkstemp_then_sweep(*args: object, **kwargs: object) -> tuple[int, str]:
+        fd, name = real_mkstemp(*args, **kwargs)  # type: ignore[call-overload]
+        calls.append(name)
+        if len(calls) == 1:
+            assert sweep_temporary_files(out) == 1  # not locked yet: taken for a dead one
+        return fd, name
+
+    monkeypatch.setattr(writer_mod.tempfile, "mkstemp", mkstemp_then_sweep)
+    with open_writer(out, HEADERS) as writer:
+        assert len(calls) == 2 and not Path(calls[0]).exists()
+        assert sweep_temporary_files(out) == 0, "the second one is locked"
+        writer.write_row(["a", "b", "c", 1, "ok"])
+        writer.commit()
+    assert len(_read_csv(out)) == 2
+    assert os.listdir(tmp_path) == [out.name]
+
+
+def test_a_symlink_named_like_a_temp_file_is_left_alone(tmp_path: Path) -> None:
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep", encoding="utf-8")
+    link = tmp_path / ".o.csv.batch-enricher-ab12cd34.tmp"
+    link.symlink_to(victim)
+    assert sweep_temporary_files(tmp_path / "o.csv") == 0
+    assert link.is_symlink() and victim.read_text(encoding="utf-8") == "keep"
 
 
 def _peak_memory(path: Path, rows: int) -> int:
