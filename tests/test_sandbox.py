@@ -502,3 +502,28 @@ async def test_nothing_logged_names_a_person_even_for_a_get(
     await post(http, box, form(person))
     for value in person:
         assert value not in caplog.text
+
+
+def test_the_sandbox_command_passes_the_lost_reply_flags_and_checks_their_sum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from batch_enricher.cli import cli
+
+    served: list[SandboxConfig] = []
+    monkeypatch.setattr(sandbox_module, "serve", lambda config, **_: served.append(config))
+    flags = ["--drop-rate", "0.1", "--late-rate", "0.2", "--late-ms", "900"]
+    result = CliRunner().invoke(cli, ["sandbox", *flags, "--truncate-rate", "0.3"])
+    assert result.exit_code == 0, result.output
+    (config,) = served
+    assert (config.drop_rate, config.late_rate, config.late_ms, config.truncate_rate) == (
+        0.1,
+        0.2,
+        900.0,
+        0.3,
+    )
+
+    result = CliRunner().invoke(cli, ["sandbox", "--drop-rate", "0.6", "--late-rate", "0.6"])
+    assert result.exit_code == 2 and "add up to more than 1" in result.output
+    assert len(served) == 1
