@@ -300,8 +300,8 @@ class Caller:
 
         Raises `AccountError` (run aborted), `guards.NotSent` (stopped before sending) or a
         `TransientApiError` subclass (retries exhausted). A person with a possibly billed
-        attempt never ends in `NotSent` (which means "never sent"): it ends in
-        `UncertainReplyError`, whose message says it may have been billed.
+        attempt never ends in `NotSent` or `AccountError` (its row would say "not sent"): it
+        ends in `UncertainReplyError`, whose message says it may have been billed.
         """
         tries = _Tries()
         try:
@@ -324,7 +324,7 @@ class Caller:
                     "it may have been billed"
                 ) from exc
             raise
-        except NotSent:
+        except (NotSent, AccountError):
             if tries.last_lost is not None:
                 raise tries.last_lost from None
             raise

@@ -234,6 +234,14 @@ async def test_a_stop_after_a_lost_reply_leaves_the_person_failed_not_skipped() 
     assert client.requests == 1
 
 
+async def test_an_account_abort_after_a_lost_reply_leaves_the_person_failed() -> None:
+    client = _Scripted(LOST, AccountError("10001 错误的请求KEY", error_code=10001))
+    caller, _, control = _scripted(client, RetryPolicy())
+    with pytest.raises(UncertainReplyError):
+        await caller.call(PERSON)
+    assert control.abort_code == 10001, "the run is aborted all the same"
+
+
 async def test_a_refused_connection_is_an_ordinary_retry_and_never_possibly_billed() -> None:
     client = _Scripted(*[REFUSED] * 6)
     caller, waits, control = _scripted(client, RetryPolicy(max_retries=6, initial=1.0))
