@@ -289,6 +289,16 @@ def cli() -> None:
     help="Retries of a transient failure.",
 )
 @click.option(
+    "--uncertain-retries",
+    envvar=ENV["uncertain_retries"],
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Of those retries, how many may follow a reply lost after sending (timeout, dropped "
+    "connection, unreadable reply). Such an attempt may have been billed: it counts against "
+    "--max-billed, and its retry waits at least 10x --retry-initial.",
+)
+@click.option(
     "--retry-initial",
     type=_Number(min=0.0),
     default=0.5,
@@ -320,7 +330,8 @@ def cli() -> None:
     "--max-billed",
     envvar=ENV["max_billed"],
     type=click.IntRange(min=0),
-    help="Stop sending once this many calls are billed in this run.",
+    help="Stop sending once this many calls are billed in this run (a call whose reply was "
+    "lost after sending counts: it may have been billed).",
 )
 @click.option("--sandbox", is_flag=True, help="Use the built-in API emulator: no key, no network.")
 @click.option("--dry-run", is_flag=True, help="Read, validate and plan; send nothing.")
@@ -371,6 +382,7 @@ def enrich(
     concurrency: int,
     timeout: float,
     max_retries: int,
+    uncertain_retries: int,
     retry_initial: float,
     retry_max: float,
     state: Path | None,
@@ -426,7 +438,12 @@ def enrich(
             qps=qps,
             concurrency=concurrency,
             timeout=timeout,
-            retry=RetryPolicy(max_retries=max_retries, initial=retry_initial, maximum=retry_max),
+            retry=RetryPolicy(
+                max_retries=max_retries,
+                initial=retry_initial,
+                maximum=retry_max,
+                uncertain_retries=uncertain_retries,
+            ),
             state=state,
             max_age=max_age,
             max_billed=max_billed,
@@ -567,6 +584,35 @@ def validate(
     help="Share of requests that get a transient fault.",
 )
 @click.option("--latency-ms", type=_Number(min=0.0), default=0.0, show_default=True)
+@click.option(
+    "--drop-rate",
+    type=_Number(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered (and billed, if answers) whose connection is then "
+    "closed without a reply.",
+)
+@click.option(
+    "--late-rate",
+    type=_Number(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered (and billed, if answers) whose reply is held back --late-ms.",
+)
+@click.option(
+    "--late-ms",
+    type=_Number(min=0.0),
+    default=60_000.0,
+    show_default=True,
+    help="How long a late reply is held back (set it past the client's --timeout).",
+)
+@click.option(
+    "--truncate-rate",
+    type=_Number(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered (and billed, if answers) whose reply body is cut short.",
+)
 @click.option("--key", help="Accept only this key (10001 otherwise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the fault draws.")
 def sandbox(
@@ -576,10 +622,18 @@ def sandbox(
     quota: int | None,
     fault_rate: float,
     latency_ms: float,
+    drop_rate: float,
+    late_rate: float,
+    late_ms: float,
+    truncate_rate: float,
     key: str | None,
     seed: int,
 ) -> None:
     """Serve the API emulator (financeInfo/query) for demos and tests.
+
+    The drop, late and truncate rates lose replies after billing them: what a client sees
+    as a timeout, a dropped connection or an unreadable reply, and must count as possibly
+    billed (/_stats shows what was really billed).
 
     \b
     Example:
@@ -589,14 +643,21 @@ def sandbox(
     """
     from batch_enricher.sandbox import SandboxConfig, serve
 
-    config = SandboxConfig(
-        key=key,
-        qps_limit=qps_limit,
-        quota=quota,
-        fault_rate=fault_rate,
-        latency_ms=latency_ms,
-        seed=seed,
-    )
+    try:
+        config = SandboxConfig(
+            key=key,
+            qps_limit=qps_limit,
+            quota=quota,
+            fault_rate=fault_rate,
+            latency_ms=latency_ms,
+            seed=seed,
+            drop_rate=drop_rate,
+            late_rate=late_rate,
+            late_ms=late_ms,
+            truncate_rate=truncate_rate,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         serve(config, host=host, port=port)
     except OSError as exc:  # binding: a port in use, an address not on this machine, ...

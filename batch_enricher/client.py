@@ -3,6 +3,17 @@
 `JuheClient.request` sends exactly one HTTP request and turns the reply into an `Answer` or an
 exception from `errors.py`. `Caller.call` wraps it with the pacer, the run's guards and tenacity's
 backoff, so that each HTTP attempt is paced and counted.
+
+Every answer with error_code 0 is billed, so a failure is only harmless if the request never
+reached the server. aiohttp raises connector errors (`ClientConnectorError` and its DNS, SSL and
+certificate kinds, `ConnectionTimeoutError`) only before anything is written, but a plain
+`TimeoutError` (the total timeout) or a `ClientOSError` can come either before or after. So each
+request carries a marker that an aiohttp trace (`on_request_headers_sent`, per request through
+`trace_request_ctx`, whatever pooled connection it uses) sets once the request is handed to the
+connection. A failure after that (a timeout, `ServerDisconnectedError`, `ClientPayloadError`, a
+reset, an unreadable 200, a 504 from a gateway) is `UncertainReplyError`: possibly billed. The
+trace fires just before the bytes are written, so the rare request that fails in between is
+counted possibly billed too: the error is on the side of caution, never of a silent bill.
 """
 
 from __future__ import annotations
@@ -13,26 +24,24 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, Final
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from batch_enricher import __version__
 from batch_enricher.codes import Kind, kind_of, reason_of
 from batch_enricher.errors import (
     AccountError,
     ApiError,
+    ConnectFailedError,
     QuotaExceededError,
     RateLimitedError,
     TransientApiError,
+    UncertainReplyError,
 )
-from batch_enricher.guards import RunControl
+from batch_enricher.guards import LostReplyBreaker, NotSent, RunControl
 from batch_enricher.models import Answer, Person, Status
 from batch_enricher.pacer import Pacer
 from batch_enricher.privacy import mask_idcard, mask_mobile
@@ -45,6 +54,19 @@ USER_AGENT: Final = f"batch-enricher/{__version__} (+aiohttp/{aiohttp.__version_
 # HTTP statuses worth a retry; any other non-200 is a reply we cannot use, also retried as
 # "undecodable" since the documented API always answers 200 with a JSON body.
 _RETRY_HTTP: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+# A gateway that gave up waiting for the API: the API may still have answered, and billed.
+_GATEWAY_TIMEOUT: Final = 504
+# Raised only while connecting, before anything is written: certainly not sent.
+_CONNECT_ERRORS: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# How every lost reply's message ends; what comes before it says what happened.
+_MAY_BE_BILLED: Final = ": the request was sent, it may have been billed"
+
+#: The lost-reply breaker opens after this many lost replies in a row at least ...
+BREAKER_MIN: Final = 8
+#: ... or after this many times the most requests seen in flight at once, if that is more.
+BREAKER_WAVES: Final = 2
+#: A possibly billed attempt is retried after this many first backoffs (`RetryPolicy.initial`).
+UNCERTAIN_PAUSE_FACTOR: Final = 10
 
 
 @dataclass
@@ -54,6 +76,7 @@ class CallStats:
     api_calls: int = 0  # HTTP requests sent, retries included
     billed: int = 0  # error_code 0 answers received
     retries: int = 0  # attempts after the first
+    possibly_billed: int = 0  # attempts whose reply was lost after the request was sent
     codes: Counter[int] = field(default_factory=Counter)
 
 
@@ -72,7 +95,10 @@ def decode_reply(body: bytes) -> Answer:
         data: Any = json.loads(body)
         code = int(data["error_code"])
     except (ValueError, TypeError, KeyError) as exc:
-        raise TransientApiError("undecodable reply (not the documented JSON)") from exc
+        # A 200 whose body we cannot read may have been an answer, and answers are billed.
+        raise UncertainReplyError(
+            "unreadable reply (not the documented JSON)" + _MAY_BE_BILLED
+        ) from exc
     reason = str(data.get("reason") or reason_of(code))
     kind = kind_of(code)
     if kind is Kind.OK:
@@ -108,36 +134,93 @@ def _score(value: object) -> str:
     return "" if value is None else str(value).strip()
 
 
+class _Sent:
+    """One request's marker: set by the trace once the request is handed to the connection."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+class _SendTrace(aiohttp.TraceConfig):
+    """The trace that sets each request's `_Sent` marker (a class of its own, to be found)."""
+
+
+async def _on_headers_sent(
+    _session: aiohttp.ClientSession, context: SimpleNamespace, _params: object
+) -> None:
+    marker = context.trace_request_ctx
+    if isinstance(marker, _Sent):
+        marker.sent = True
+
+
+def send_tracing() -> aiohttp.TraceConfig:
+    """The trace a `JuheClient`'s session needs: `ClientSession(trace_configs=[send_tracing()])`.
+
+    Without it a lost reply could not be told from a request that never left.
+    """
+    config = _SendTrace()
+    # Headers always go first, so their trace alone says "sent"; the body's adds nothing.
+    config.on_request_headers_sent.append(_on_headers_sent)
+    return config
+
+
 class JuheClient:
-    """Sends one query per call to the financeInfo endpoint over a shared aiohttp session."""
+    """Sends one query per call to the financeInfo endpoint over a shared aiohttp session.
+
+    The session must carry `send_tracing()`: it is what tells "certainly not sent" from
+    "sent, reply lost" (possibly billed).
+    """
 
     def __init__(
         self, session: aiohttp.ClientSession, endpoint: str, key: str, *, timeout: float
     ) -> None:
+        if not any(isinstance(config, _SendTrace) for config in session.trace_configs):
+            raise ValueError("JuheClient needs a session made with trace_configs=[send_tracing()]")
         self._session = session
         self._endpoint = endpoint
         self._key = key
+        self.timeout = timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def request(self, person: Person) -> Answer:
-        """POST one form-encoded query (no personal data in the URL) and decode the reply."""
+        """POST one form-encoded query (no personal data in the URL) and decode the reply.
+
+        Raises `ConnectFailedError` when the request certainly never left, and
+        `UncertainReplyError` when it left and no usable reply came back (possibly billed).
+        """
         form = {
             "key": self._key,
             "idcard": person.idcard,
             "realname": person.realname,
             "mobile": person.mobile,
         }
+        marker = _Sent()
         try:
             async with self._session.post(
-                self._endpoint, data=form, timeout=self._timeout
+                self._endpoint, data=form, timeout=self._timeout, trace_request_ctx=marker
             ) as response:
                 body = await response.read()
                 status = response.status
         except TimeoutError as exc:
-            raise TransientApiError("timed out waiting for the API") from exc
+            if marker.sent and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise UncertainReplyError(
+                    f"no reply within --timeout {self.timeout:g} s" + _MAY_BE_BILLED
+                ) from exc
+            raise ConnectFailedError("timed out connecting to the API") from exc
         except aiohttp.ClientError as exc:
             # aiohttp's messages may quote the URL (never the form body); say only the kind.
-            raise TransientApiError(f"connection error ({type(exc).__name__})") from exc
+            kind = type(exc).__name__
+            if marker.sent and not isinstance(exc, _CONNECT_ERRORS):
+                raise UncertainReplyError(
+                    f"connection lost before the whole reply came ({kind})" + _MAY_BE_BILLED
+                ) from exc
+            raise ConnectFailedError(f"connection error ({kind})") from exc
+        if status == _GATEWAY_TIMEOUT:
+            raise UncertainReplyError(
+                "HTTP 504 (a gateway gave up waiting for the API)" + _MAY_BE_BILLED
+            )
         if status != 200:
             detail = "rate limited" if status == 429 else "server error"
             if status not in _RETRY_HTTP and status < 500:
@@ -148,15 +231,53 @@ class JuheClient:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently a transient failure is retried."""
+    """How often and how patiently a transient failure is retried.
+
+    `max_retries` bounds every person's retries. Of those, at most `uncertain_retries` may
+    follow an attempt whose reply was lost after sending: each such retry may pay a second
+    time, so a person costs at most `uncertain_retries + 1` possibly billed attempts.
+    """
 
     max_retries: int = 6
     initial: float = 0.5  # first backoff, seconds; doubles each time, with as much jitter
     maximum: float = 30.0
+    uncertain_retries: int = 1
+
+    @property
+    def uncertain_pause(self) -> float:
+        """The least pause before retrying a possibly billed attempt (5 s by default).
+
+        A reply lost after sending mostly means the server is slow or struggling (or the path
+        to it is): an immediate retry would likely be lost too, and paid for again. Ten first
+        backoffs is the pause the ordinary backoff reaches by its fifth retry; enough for a
+        queue on the server to drain, short enough not to hold a person up. Never longer than
+        `maximum`.
+        """
+        return min(self.maximum, UNCERTAIN_PAUSE_FACTOR * self.initial)
+
+
+class _Tries:
+    """One person's failed attempts so far: all of them, and those whose reply was lost."""
+
+    __slots__ = ("failed", "last_lost", "lost")
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.lost = 0
+        self.last_lost: UncertainReplyError | None = None
 
 
 class Caller:
-    """One person's call with pacing, guards, and exponential backoff with jitter (tenacity)."""
+    """One person's call with pacing, guards, and exponential backoff with jitter (tenacity).
+
+    It also keeps the lost-reply breaker: after `max(BREAKER_MIN, BREAKER_WAVES x the most
+    requests seen in flight at once)` lost replies in a row it stops the run. A whole wave of
+    requests in flight can be lost to one hiccup (a dropped link, a server pause); a second
+    wave lost with no reply in between (their retries, or the next people's first tries) is a
+    pattern, typically every reply slower than --timeout. With the defaults that is about
+    two timeouts and one uncertain pause: well under a minute. The floor keeps a run at low
+    concurrency from stopping over a few unlucky replies.
+    """
 
     def __init__(
         self,
@@ -171,53 +292,85 @@ class Caller:
         self._control = control
         self._policy = policy
         self.stats = stats
+        self._breaker = LostReplyBreaker(BREAKER_MIN)
+        self._sending = 0  # requests in flight right now
 
     async def call(self, person: Person) -> Answer:
         """A final answer for `person`, or the last transient error once retries are spent.
 
         Raises `AccountError` (run aborted), `guards.NotSent` (stopped before sending) or a
-        `TransientApiError` subclass (retries exhausted).
+        `TransientApiError` subclass (retries exhausted). A person with a possibly billed
+        attempt never ends in `NotSent` or `AccountError` (its row would say "not sent"): it
+        ends in `UncertainReplyError`, whose message says it may have been billed.
         """
+        tries = _Tries()
         try:
             # Most calls succeed at once; tenacity's per-attempt machinery is a measurable share
             # of a run's CPU (issue 7's benchmark), so it only starts after a first failure.
             try:
-                return await self._attempt(person)
+                return await self._counted(person, tries)
             except TransientApiError as exc:
-                if self._policy.max_retries == 0:
+                if self._spent(tries, exc):
                     raise
                 self._note_retry(person, exc)
-            return await self._retry(person)
-        except QuotaExceededError:
-            self._control.quota_gave_up(still_quota=True)
+                pause = self._pause(tries, exc)
+            await self._control.sleep(pause)
+            return await self._retry(person, tries)
+        except TransientApiError as exc:
+            self._control.quota_gave_up(still_quota=isinstance(exc, QuotaExceededError))
+            if tries.last_lost is not None and exc is not tries.last_lost:
+                raise UncertainReplyError(
+                    f"{_describe(exc)}; an earlier attempt's reply was lost after it was sent: "
+                    "it may have been billed"
+                ) from exc
             raise
-        except TransientApiError:
-            self._control.quota_gave_up(still_quota=False)
+        except (NotSent, AccountError):
+            if tries.last_lost is not None:
+                raise tries.last_lost from None
             raise
 
-    async def _retry(self, person: Person) -> Answer:
-        """Attempts 2 .. max_retries + 1, each after an exponential, jittered pause."""
-        initial = self._policy.initial
+    async def _retry(self, person: Person, tries: _Tries) -> Answer:
+        """Attempts after the first, each after its pause, until an answer or `_spent`."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._policy.max_retries),
-            # The pause after failed attempt n is initial * 2**(n - 1) plus up to `initial` of
-            # jitter, capped. The pause after the first is taken below; tenacity's first
-            # wait is the one after the second attempt, so its base is twice `initial`.
-            wait=wait_exponential_jitter(
-                multiplier=2 * initial, max=self._policy.maximum, jitter=initial
-            ),
+            stop=lambda state: self._spent(tries, _failure(state)),
+            wait=lambda state: self._pause(tries, _failure(state)),
             retry=retry_if_exception_type(TransientApiError),
             sleep=self._control.sleep,
             reraise=True,
-            before_sleep=lambda state: self._note_retry(
-                person, state.outcome.exception() if state.outcome else None
-            ),
+            before_sleep=lambda state: self._note_retry(person, _failure(state)),
         )
-        await self._control.sleep(min(self._policy.maximum, initial + random.uniform(0, initial)))
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(person, retry=True)
+                return await self._counted(person, tries, retry=True)
         raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _counted(self, person: Person, tries: _Tries, *, retry: bool = False) -> Answer:
+        try:
+            return await self._attempt(person, retry=retry)
+        except UncertainReplyError as exc:
+            tries.failed += 1
+            tries.lost += 1
+            tries.last_lost = exc
+            raise
+        except TransientApiError:
+            tries.failed += 1
+            raise
+
+    def _spent(self, tries: _Tries, exc: BaseException | None) -> bool:
+        """Whether the allowance for another retry is used up after this failure."""
+        if tries.failed > self._policy.max_retries:
+            return True
+        return isinstance(exc, UncertainReplyError) and tries.lost > self._policy.uncertain_retries
+
+    def _pause(self, tries: _Tries, exc: BaseException | None) -> float:
+        """Failure n waits initial * 2**(n - 1) plus up to `initial` of jitter, capped at
+        `maximum`; a lost reply waits at least `uncertain_pause` (plus the same jitter)."""
+        policy = self._policy
+        jitter = random.uniform(0, policy.initial)
+        pause = min(policy.maximum, policy.initial * 2.0 ** (tries.failed - 1) + jitter)
+        if isinstance(exc, UncertainReplyError):
+            pause = max(pause, min(policy.maximum, policy.uncertain_pause + jitter))
+        return pause
 
     async def _attempt(self, person: Person, *, retry: bool = False) -> Answer:
         await self._control.admit()
@@ -232,30 +385,51 @@ class Caller:
         # Counted once sent: a retry that a stop cut short was never a request.
         self.stats.api_calls += 1
         self.stats.retries += retry
+        self._sending += 1
+        breaker = self._breaker
+        breaker.limit = max(breaker.limit, BREAKER_WAVES * self._sending)
         try:
             answer = await self._client.request(person)
         except BaseException as exc:
-            self._control.settle(billed=False)
+            self._control.settle(billed=False, possibly=isinstance(exc, UncertainReplyError))
             if isinstance(exc, ApiError):
                 self._on_error(exc)
             raise
+        finally:
+            self._sending -= 1
         billed = answer.status is Status.OK
         self._control.settle(billed=billed)
         self.stats.codes[answer.error_code] += 1
         if billed:
             self.stats.billed += 1
+        breaker.replied()
         self._control.quota_ok()
         return answer
 
     def _on_error(self, exc: ApiError) -> None:
         if exc.error_code is not None:
             self.stats.codes[exc.error_code] += 1
+        if isinstance(exc, UncertainReplyError):
+            self.stats.possibly_billed += 1
+            if self._breaker.lost():
+                self._control.stop(self._breaker_reason(exc))
+        elif not isinstance(exc, ConnectFailedError):
+            self._breaker.replied()  # the server answered, if only with an error
         if isinstance(exc, RateLimitedError):
             self._pacer.slow_down()
         elif isinstance(exc, QuotaExceededError):
             self._control.quota_hit()
         elif isinstance(exc, AccountError):
             self._control.abort(exc.error_code or 0, f"aborted by the API: {exc}")
+
+    def _breaker_reason(self, exc: UncertainReplyError) -> str:
+        timeout = self._client.timeout
+        last = str(exc).removesuffix(_MAY_BE_BILLED)
+        return (
+            f"{self._breaker.limit} replies in a row were lost after their request was sent "
+            f"(the last: {last}); each may have been billed. If the API is slower than "
+            f"--timeout {timeout:g} s, raise it (e.g. --timeout {2 * timeout:g}) and rerun"
+        )
 
     def _note_retry(self, person: Person, exc: BaseException | None) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -267,6 +441,17 @@ class Caller:
             )
 
 
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
+
+
+def _describe(exc: ApiError) -> str:
+    """An error as a row's reason would show it: the documented reason for an API code."""
+    if exc.error_code is not None:
+        return f"{reason_of(exc.error_code)} ({exc.error_code})"
+    return str(exc)
+
+
 __all__ = [
     "DEFAULT_ENDPOINT",
     "USER_AGENT",
@@ -276,4 +461,5 @@ __all__ = [
     "RetryPolicy",
     "decode_reply",
     "now_iso",
+    "send_tracing",
 ]

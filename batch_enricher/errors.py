@@ -12,7 +12,11 @@
         ├── TransientApiError        worth retrying: 10011, 10012, 10014, 281504, 429/5xx,
         │   │                        timeouts, connection errors, undecodable replies
         │   ├── RateLimitedError     10011 (also slows the shared rate)
-        │   └── QuotaExceededError   10012 (opens the quota breaker when it persists)
+        │   ├── QuotaExceededError   10012 (opens the quota breaker when it persists)
+        │   ├── ConnectFailedError   no connection (refused, DNS, TLS, connect timeout):
+        │   │                        the request was certainly not sent, nothing billed
+        │   └── UncertainReplyError  the request was sent, then no usable reply (timeout,
+        │                            dropped connection, unreadable 200, 504): possibly billed
         └── AccountError             10001-10005, 10007-10009, 10013, 10020, 10021: abort the run
 
 Messages never carry personal data or the API key: callers mask before raising.
@@ -73,6 +77,18 @@ class RateLimitedError(TransientApiError):
 
 class QuotaExceededError(TransientApiError):
     """10012: the account's request quota is spent (for now)."""
+
+
+class ConnectFailedError(TransientApiError):
+    """No connection could be made, so the request never left: certainly not billed."""
+
+
+class UncertainReplyError(TransientApiError):
+    """The request left, then its reply was lost: the server may have billed it.
+
+    Counted as possibly billed, held against --max-billed, and retried only within its own
+    small allowance (see `client.RetryPolicy.uncertain_retries`).
+    """
 
 
 class AccountError(ApiError):

@@ -1,7 +1,9 @@
-"""What may still be sent: stop signals, account aborts, the quota breaker and the billing budget.
+"""What may still be sent: stop signals, account aborts, the breakers and the billing budget.
 
 One `RunControl` is shared by every worker of a run. Each attempt asks it, right before sending,
 whether it may go; anything that may not raises `NotSent`, and the row ends `skipped`.
+`LostReplyBreaker` counts replies lost after their request was sent; the caller stops the run
+through `RunControl.stop` when it opens.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class RunControl:
     def __init__(self, *, max_billed: int | None = None) -> None:
         self.max_billed = max_billed
         self.billed = 0
+        #: attempts whose reply was lost after the request was sent: the server may have billed
+        self.possibly_billed = 0
         self.stop_reason: str | None = None
         self.abort_code: int | None = None
         self._in_flight = 0
@@ -107,26 +111,45 @@ class RunControl:
 
     # -- budget: --max-billed is a ceiling on what the server bills, in-flight calls included
 
+    @property
+    def spent(self) -> int:
+        """Budget used: calls billed, plus calls possibly billed (a lost reply may have been)."""
+        return self.billed + self.possibly_billed
+
     async def reserve(self) -> None:
         """Hold one unit of budget for a request about to be sent, or raise `NotSent`."""
         if self.max_billed is not None:
             # Calls in flight may still come back unbilled: wait for them before declaring the
             # budget spent, so the run uses every unit it was given and never one more.
-            while self.billed + self._in_flight >= self.max_billed and self._in_flight > 0:
+            while self.spent + self._in_flight >= self.max_billed and self._in_flight > 0:
                 self._changed.clear()
                 await self._changed.wait()
                 self.check()
-            if self.billed >= self.max_billed:
-                self.stop(f"budget reached: {self.max_billed} billed call(s) (--max-billed)")
+            if self.spent >= self.max_billed:
+                self.stop(self._budget_reason(self.max_billed))
         self.check()
         self._in_flight += 1
 
-    def settle(self, *, billed: bool) -> None:
-        """Release a reservation once its reply (or failure) is known; safe on cancellation."""
+    def settle(self, *, billed: bool, possibly: bool = False) -> None:
+        """Release a reservation once its reply (or failure) is known; safe on cancellation.
+
+        `possibly`: the reply was lost after the request was sent. The server may have billed
+        it, so it keeps its unit of budget as if it had been.
+        """
         self._in_flight -= 1
         if billed:
             self.billed += 1
+        elif possibly:
+            self.possibly_billed += 1
         self._changed.set()
+
+    def _budget_reason(self, ceiling: int) -> str:
+        if not self.possibly_billed:
+            return f"budget reached: {ceiling} billed call(s) (--max-billed)"
+        return (
+            f"budget reached: {self.billed} billed call(s) and {self.possibly_billed} possibly"
+            f" billed (reply lost after sending) make {self.spent} of --max-billed {ceiling}"
+        )
 
     # -- quota breaker (10012)
 
@@ -155,3 +178,30 @@ class RunControl:
         self._quota = state
         self._quota_probe = None
         self._quota_clear.set()
+
+
+class LostReplyBreaker:
+    """Opens after `limit` replies in a row were lost after sending, with no reply in between.
+
+    One lost reply is a hiccup; a whole run of them (every reply slower than --timeout, or a
+    server dropping every connection) would otherwise go on paying, possibly, for every retry.
+    A reply of any kind (answer or error) closes the streak; a failure to connect does neither:
+    it says nothing about replies and was certainly not billed.
+
+    >>> breaker = LostReplyBreaker(limit=2)
+    >>> breaker.lost(), breaker.lost()
+    (False, True)
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.streak = 0
+
+    def lost(self) -> bool:
+        """Count one lost reply; True exactly when this one opens the breaker."""
+        self.streak += 1
+        return self.streak == self.limit
+
+    def replied(self) -> None:
+        """A reply came back: the streak starts over."""
+        self.streak = 0

@@ -29,6 +29,7 @@ _LABELS: Final[dict[str, dict[str, str]]] = {
         **{s.value: s.value for s in Status},
         "identities": "distinct people (run)",
         "billed": "billed (run)",
+        "possibly_billed": "possibly billed: replies lost after sending (run)",
         "reused": "reused from journal (run)",
         "duplicates": "duplicate rows (run)",
         "api_calls": "API calls (run)",
@@ -48,6 +49,7 @@ _LABELS: Final[dict[str, dict[str, str]]] = {
         "skipped": "未发送",
         "identities": "不同人数（本次）",
         "billed": "计费次数（本次）",
+        "possibly_billed": "可能计费：发送后未收到回复（本次）",
         "reused": "复用历史结果（本次）",
         "duplicates": "重复行（本次）",
         "api_calls": "接口请求数（本次）",
@@ -147,6 +149,12 @@ def format_summary(summary: RunSummary) -> str:
             f" · duplicates {summary.duplicates} · API calls {summary.api_calls}"
             f" · retries {summary.retries} · elapsed {elapsed:.1f} s · {rate:.1f} calls/s"
         )
+    if summary.possibly_billed:
+        lines.append(
+            f"  possibly billed {summary.possibly_billed}: replies lost after the request was sent"
+            " (timeouts, dropped connections, unreadable replies); the server may have billed"
+            f" them: at most {summary.possibly_billed} bill(s) more than 'billed' says"
+        )
     if summary.rate_limited:
         lines.append(
             f"  the server answered 10011 (too fast) {summary.rate_limited} time(s): the run slowed"
@@ -184,6 +192,8 @@ def summary_sheet(
         *[(labels[s.value], file.statuses[s]) for s in Status],
         (labels["identities"], run.identities),
         (labels["billed"], run.billed),
+        # Only when it happened: most runs lose no reply, and their sheet stays as it was.
+        *([(labels["possibly_billed"], run.possibly_billed)] if run.possibly_billed else []),
         (labels["reused"], run.reused),
         (labels["duplicates"], run.duplicates),
         (labels["api_calls"], run.api_calls),

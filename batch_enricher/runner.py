@@ -39,6 +39,7 @@ from batch_enricher.client import (
     CallStats,
     JuheClient,
     RetryPolicy,
+    send_tracing,
 )
 from batch_enricher.codes import reason_of
 from batch_enricher.columns import RESULT_COLUMNS, ColumnMap, existing_result_columns, find_columns
@@ -317,7 +318,7 @@ async def _dispatch(
     started = time.monotonic()
     try:
         async with aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": USER_AGENT}
+            connector=connector, headers={"User-Agent": USER_AGENT}, trace_configs=[send_tracing()]
         ) as session:
             client = JuheClient(session, endpoint, key, timeout=options.timeout)
             caller = Caller(client, pacer, control, options.retry, stats)
@@ -372,6 +373,7 @@ async def _dispatch(
         summary.api_calls += stats.api_calls
         summary.billed += stats.billed
         summary.retries += stats.retries
+        summary.possibly_billed += stats.possibly_billed
         summary.rate_limited += stats.codes[10011]
         log.debug("dispatch took %.1f s", time.monotonic() - started)
     return outcomes

@@ -3,8 +3,13 @@
 It answers like the reference (`reference/juhe-financeInfo-api.txt`): the same route, the
 same reply shape and reasons, the documented error codes. On top it can enforce a key, a
 per-second request limit (10011), a billing quota (10012), inject transient faults (JSON
-281504/10014, HTTP 500/502, a truncated body) and add latency. Answers are deterministic
-per person (derived from a hash of idcard|realname|mobile), so reruns see the same scores.
+281504/10014, HTTP 500/502: error replies, never billed) and add latency. Answers are
+deterministic per person (derived from a hash of idcard|realname|mobile), so reruns see the
+same scores.
+
+It can also lose replies *after* deciding them, and billing them if they are answers: drop
+the connection without a reply, hold the reply back (past the client's timeout), or cut its
+body short. The client cannot tell whether such a request was billed; the stats can.
 
 `SandboxStats` records what the server saw, so tests can check that the client never pays
 twice, never puts personal data in a URL and never exceeds its rate. Nothing here logs
@@ -29,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Final
 
 from aiohttp import web
@@ -45,10 +51,19 @@ PII_FIELDS: Final = ("realname", "idcard", "mobile")
 #: Stats keys for faults that never reach a JSON error_code.
 HTTP_500: Final = -500
 HTTP_502: Final = -502
-TRUNCATED: Final = -1
 
 #: The transient faults `fault_rate` picks from (uniformly), keyed by the code counted in stats.
-FAULT_CODES: Final = (281504, 10014, HTTP_500, HTTP_502, TRUNCATED)
+#: All are replies the server did not bill; a reply cut short is a lost reply (`truncate_rate`).
+FAULT_CODES: Final = (281504, 10014, HTTP_500, HTTP_502)
+
+
+class LostReply(StrEnum):
+    """How a decided (and maybe billed) reply is lost on its way back."""
+
+    DROPPED = "dropped"  # the connection is closed without a reply
+    LATE = "late"  # the reply is held back `late_ms`
+    TRUNCATED = "truncated"  # a 200 whose body is cut short
+
 
 #: Answer derivation: share of people the API cannot answer (281505), out of 256.
 _FAILED_PER_256: Final = 13  # ≈ 5 %
@@ -72,8 +87,6 @@ _HTML_502: Final = (
     "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center>"
     "</body></html>"
 )
-# A reply cut short mid-stream: valid UTF-8, invalid JSON.
-_TRUNCATED_BODY: Final = '{"reason":"成'.encode()
 
 
 @dataclass
@@ -87,6 +100,19 @@ class SandboxConfig:
     latency_ms: float = 0.0  # delay before every reply
     seed: int = 0  # for the fault RNG: same seed, same faults in arrival order
     fail_codes: dict[str, int] = field(default_factory=dict)  # idcard → forced error_code
+    # Replies lost after being decided and billed (shares of requests; at most 1 together),
+    # drawn from their own RNG so they leave the `fault_rate` sequence as it was.
+    drop_rate: float = 0.0  # the connection is closed without a reply
+    late_rate: float = 0.0  # the reply is held back `late_ms` (meant to pass the client's timeout)
+    late_ms: float = 60_000.0
+    truncate_rate: float = 0.0  # a 200 whose body is cut short (not JSON)
+
+    def __post_init__(self) -> None:
+        rates = (self.fault_rate, self.drop_rate, self.late_rate, self.truncate_rate)
+        if any(not 0.0 <= rate <= 1.0 for rate in rates):
+            raise ValueError("every rate is a share of requests, between 0 and 1")
+        if self.drop_rate + self.late_rate + self.truncate_rate > 1.0:
+            raise ValueError("drop, late and truncate rates add up to more than 1")
 
 
 @dataclass
@@ -104,6 +130,9 @@ class SandboxStats:
     query_params_seen: int = 0
     #: The code each request was answered with, by arrival index (None while in flight).
     answered: list[int | None] = field(default_factory=list)
+    #: Replies lost on purpose, by how (see `LostReply`), and how many of those were billed.
+    lost: Counter[LostReply] = field(default_factory=Counter)
+    lost_billed: int = 0
 
     def first_time(self, code: int) -> int | None:
         """Arrival index of the first request answered with `code`, or None."""
@@ -134,6 +163,8 @@ class SandboxStats:
             "billed_twice": sum(1 for n in self.billed_by_identity.values() if n > 1),
             "received": len(self.received),
             "query_params_seen": self.query_params_seen,
+            "lost": {how.value: n for how, n in sorted(self.lost.items())},
+            "lost_billed": self.lost_billed,
         }
 
 
@@ -146,6 +177,8 @@ class _State:
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
+        self.lost_rng = random.Random(f"lost-reply:{config.seed}")
+        self.closing = asyncio.Event()  # set on shutdown: held-back replies give up at once
         self.orders = 0
         # Random per instance so orderids differ across restarts; the counter keeps them
         # unique within one.
@@ -160,6 +193,20 @@ class _State:
         # and the arrival order, not on which earlier requests were refused.
         if self.rng.random() < self.config.fault_rate:
             return self.rng.choice(FAULT_CODES)
+        return None
+
+    def draw_lost(self) -> LostReply | None:
+        # Also drawn at arrival for every request, from an RNG of its own.
+        config = self.config
+        draw = self.lost_rng.random()
+        for how, rate in (
+            (LostReply.DROPPED, config.drop_rate),
+            (LostReply.LATE, config.late_rate),
+            (LostReply.TRUNCATED, config.truncate_rate),
+        ):
+            if draw < rate:
+                return how
+            draw -= rate
         return None
 
 
@@ -229,9 +276,27 @@ def _fault_reply(code: int) -> web.Response:
         return web.Response(status=500, text=_HTML_500, content_type="text/html")
     if code == HTTP_502:
         return web.Response(status=502, text=_HTML_502, content_type="text/html")
-    if code == TRUNCATED:
-        return web.Response(body=_TRUNCATED_BODY, content_type=_JSON_TYPE, charset="utf-8")
     return _json_reply(code)
+
+
+async def _lose(request: web.Request, how: LostReply, reply: web.Response) -> web.Response:
+    """Lose a decided reply on its way back, as `how` says."""
+    if how is LostReply.TRUNCATED:
+        body = reply.body
+        assert isinstance(body, bytes)
+        # Cut mid-stream: the client gets a 200 it cannot decode.
+        return web.Response(body=body[: len(body) // 2], content_type=_JSON_TYPE, charset="utf-8")
+    if how is LostReply.LATE:
+        state = request.app[_STATE]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.closing.wait(), state.config.late_ms / 1000)
+        if not state.closing.is_set():
+            return reply
+    # Dropped (or late when the server shuts down): close without a byte of reply. aiohttp
+    # then finds the transport closed and writes nothing.
+    if request.transport is not None:
+        request.transport.abort()
+    return reply
 
 
 async def _params(request: web.Request) -> dict[str, str]:
@@ -293,6 +358,7 @@ async def _query(request: web.Request) -> web.Response:
     # The window includes this arrival; arrivals only ever grow, so the list stays sorted.
     in_window = len(stats.arrivals) - bisect.bisect_right(stats.arrivals, now - 1.0)
     fault = state.draw_fault()
+    lost = state.draw_lost()
     params = await _params(request)
     realname, idcard, mobile = (params.get(name, "") for name in PII_FIELDS)
     stats.received.append((realname, idcard, mobile))
@@ -307,8 +373,13 @@ async def _query(request: web.Request) -> web.Response:
     if code == 0:
         stats.billed += 1
         stats.billed_by_identity[identity_hash(realname, idcard, mobile)] += 1
-        return _json_reply(0, result)
-    return _fault_reply(code)
+    reply = _json_reply(0, result) if code == 0 else _fault_reply(code)
+    if lost is None:
+        return reply
+    # Billed above, before the reply is lost: exactly the case the client cannot see.
+    stats.lost[lost] += 1
+    stats.lost_billed += code == 0
+    return await _lose(request, lost, reply)
 
 
 async def _stats(request: web.Request) -> web.Response:
@@ -319,7 +390,12 @@ def make_app(config: SandboxConfig) -> web.Application:
     """The emulator as an aiohttp application; `app[STATS]` is what it saw."""
     app = web.Application()
     app[STATS] = SandboxStats()
-    app[_STATE] = _State(config)
+    app[_STATE] = state = _State(config)
+
+    async def closing(_app: web.Application) -> None:
+        state.closing.set()
+
+    app.on_shutdown.append(closing)
     app.router.add_route("GET", PATH, _query)
     app.router.add_route("POST", PATH, _query)
     app.router.add_get(STATS_PATH, _stats)

@@ -35,6 +35,8 @@ class RunSummary:
     api_calls: int = 0
     billed: int = 0
     retries: int = 0
+    #: attempts whose reply was lost after the request was sent: each may have been billed
+    possibly_billed: int = 0
     rate_limited: int = 0  # 10011 replies received
     elapsed_s: float = 0.0
     exit_code: int = 0
@@ -68,6 +70,7 @@ class RunSummary:
             "reused": self.reused,
             "api_calls": self.api_calls,
             "billed": self.billed,
+            "possibly_billed": self.possibly_billed,
             "retries": self.retries,
             "rate_limited": self.rate_limited,
             "elapsed_s": round(self.elapsed_s, 3),

@@ -36,3 +36,38 @@ async def test_a_stop_while_the_quota_probe_runs_releases_the_waiters() -> None:
     with pytest.raises(NotSent):
         await asyncio.wait_for(control.admit(), 2)
     await probe_task
+
+
+async def test_a_possibly_billed_attempt_holds_its_budget() -> None:
+    # A reply lost after sending may have been billed: it keeps its unit of --max-billed, so
+    # lost replies can never let the server bill more than the ceiling.
+    control = RunControl(max_billed=3)
+    for _ in range(2):
+        await control.reserve()
+        control.settle(billed=False, possibly=True)
+    await control.reserve()
+    control.settle(billed=True)
+
+    with pytest.raises(NotSent, match="budget reached"):
+        await control.reserve()
+    assert (control.billed, control.possibly_billed, control.spent) == (1, 2, 3)
+    assert control.stop_reason is not None and "2 possibly billed" in control.stop_reason
+
+
+async def test_an_unbilled_reply_gives_its_budget_back() -> None:
+    control = RunControl(max_billed=1)
+    await control.reserve()
+    control.settle(billed=False)
+    await control.reserve()  # the unit came back: not refused
+    assert not control.stopped
+
+
+async def test_a_call_waits_for_a_lost_reply_in_flight_before_its_budget_is_known() -> None:
+    control = RunControl(max_billed=1)
+    await control.reserve()
+    waiter = asyncio.create_task(control.reserve())
+    await asyncio.sleep(0)
+    assert not waiter.done(), "the one unit is held by the call in flight"
+    control.settle(billed=False, possibly=True)
+    with pytest.raises(NotSent, match="budget reached"):
+        await asyncio.wait_for(waiter, 2)

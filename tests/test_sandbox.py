@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -23,7 +24,7 @@ from batch_enricher.sandbox import (
     HTTP_500,
     HTTP_502,
     STATS,
-    TRUNCATED,
+    LostReply,
     Sandbox,
     SandboxConfig,
     expected_answer,
@@ -253,12 +254,7 @@ async def _fault_run(launch: Start, http: aiohttp.ClientSession, n: int) -> list
                 seen.append(-resp.status)
                 continue
             assert resp.content_type == "application/json"
-            try:
-                body = json.loads(raw)
-            except json.JSONDecodeError:
-                assert raw.decode().startswith('{"reason":"')
-                seen.append(TRUNCATED)
-                continue
+            body = json.loads(raw)
             assert body["result"] is None and body["reason"] == REASONS[body["error_code"]]
             seen.append(body["error_code"])
     assert box.stats.billed == 0
@@ -270,8 +266,95 @@ async def test_full_fault_rate_gives_only_transient_faults_of_every_kind_determi
     launch: Start, http: aiohttp.ClientSession
 ) -> None:
     first = await _fault_run(launch, http, 40)
-    assert set(first) == set(FAULT_CODES) == {281504, 10014, HTTP_500, HTTP_502, TRUNCATED}
+    assert set(first) == set(FAULT_CODES) == {281504, 10014, HTTP_500, HTTP_502}
     assert await _fault_run(launch, http, 40) == first
+
+
+# --- replies lost after billing -------------------------------------------------------------
+
+
+async def _lost_run(
+    launch: Start, http: aiohttp.ClientSession, n: int, **config: Any
+) -> tuple[Sandbox, list[str]]:
+    """Send n answerable requests one by one; return the sandbox and what each client saw."""
+    box = await launch(**config)
+    seen: list[str] = []
+    timeout = aiohttp.ClientTimeout(total=0.5)
+    for person in people(0, n):
+        try:
+            async with http.post(box.url, data=form(person), timeout=timeout) as resp:
+                raw = await resp.read()
+            json.loads(raw)
+            seen.append("ok")
+        except aiohttp.ServerDisconnectedError:
+            seen.append(LostReply.DROPPED)
+        except TimeoutError:
+            seen.append(LostReply.LATE)
+        except ValueError:
+            assert resp.status == 200
+            seen.append(LostReply.TRUNCATED)
+    return box, seen
+
+
+async def test_lost_replies_are_billed_first_then_dropped_late_or_cut_short(
+    launch: Start, http: aiohttp.ClientSession
+) -> None:
+    box, seen = await _lost_run(
+        launch, http, 30, drop_rate=0.3, late_rate=0.2, late_ms=2000, truncate_rate=0.2
+    )
+
+    lost = [how for how in seen if how != "ok"]
+    assert {*lost} == {LostReply.DROPPED, LostReply.LATE, LostReply.TRUNCATED}
+    # Every one of them was an answer, and the server billed it although the client got none.
+    assert box.stats.billed == 30
+    assert box.stats.lost == {how: lost.count(how) for how in LostReply}
+    assert box.stats.lost_billed == len(lost)
+    assert box.stats.to_json()["lost_billed"] == len(lost)
+
+
+async def test_lost_replies_are_drawn_deterministically_and_leave_the_faults_alone(
+    launch: Start, http: aiohttp.ClientSession
+) -> None:
+    _, first = await _lost_run(launch, http, 20, drop_rate=0.5, seed=4)
+    _, again = await _lost_run(launch, http, 20, drop_rate=0.5, seed=4)
+    assert first == again and {*first} == {"ok", LostReply.DROPPED}
+    # The lost-reply draws have an RNG of their own: the fault sequence stays as it was.
+    faults = await _fault_run(launch, http, 40)
+    box = await launch(fault_rate=1.0, seed=7, drop_rate=0.5)
+    (person,) = people(0, 1)
+    for _ in range(40):
+        with contextlib.suppress(aiohttp.ServerDisconnectedError):
+            async with http.post(box.url, data=form(person)) as resp:
+                await resp.read()
+    assert [box.stats.answered[i] for i in range(40)] == faults
+
+
+async def test_a_late_reply_is_given_up_when_the_sandbox_closes(
+    launch: Start, http: aiohttp.ClientSession
+) -> None:
+    box = await start(SandboxConfig(late_rate=1.0, late_ms=60_000))
+    (person,) = people(0, 1)
+    task = asyncio.create_task(post(http, box, form(person)))
+    for _ in range(200):
+        if box.stats.lost:
+            break
+        await asyncio.sleep(0.005)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await box.close()
+    assert loop.time() - started < 5, "closing waited for the held-back reply"
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await task
+    assert box.stats.billed == 1
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"drop_rate": 0.6, "late_rate": 0.6}, {"truncate_rate": 1.5}, {"drop_rate": -0.1}],
+)
+def test_lost_reply_rates_must_be_shares_that_fit_in_one(config: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"between 0 and 1|more than 1"):
+        SandboxConfig(**config)
 
 
 async def test_key_is_checked_before_faults(launch: Start, http: aiohttp.ClientSession) -> None:
@@ -419,3 +502,28 @@ async def test_nothing_logged_names_a_person_even_for_a_get(
     await post(http, box, form(person))
     for value in person:
         assert value not in caplog.text
+
+
+def test_the_sandbox_command_passes_the_lost_reply_flags_and_checks_their_sum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from batch_enricher.cli import cli
+
+    served: list[SandboxConfig] = []
+    monkeypatch.setattr(sandbox_module, "serve", lambda config, **_: served.append(config))
+    flags = ["--drop-rate", "0.1", "--late-rate", "0.2", "--late-ms", "900"]
+    result = CliRunner().invoke(cli, ["sandbox", *flags, "--truncate-rate", "0.3"])
+    assert result.exit_code == 0, result.output
+    (config,) = served
+    assert (config.drop_rate, config.late_rate, config.late_ms, config.truncate_rate) == (
+        0.1,
+        0.2,
+        900.0,
+        0.3,
+    )
+
+    result = CliRunner().invoke(cli, ["sandbox", "--drop-rate", "0.6", "--late-rate", "0.6"])
+    assert result.exit_code == 2 and "add up to more than 1" in result.output
+    assert len(served) == 1
