@@ -28,6 +28,8 @@ _FOLDS: Final = (
     (re.compile(r"\b\d{4}-\d{2}-\d{2}\b"), "YYYY-MM-DD"),
     (re.compile(r"should be [0-9X]\b"), "should be ?"),
     (re.compile(r"got \d+"), "got N"),
+    # A quoted character with its code point ("'/' (U+002F)"), first: the character may be "'".
+    (re.compile(r"'.' \(U\+[0-9A-F]{4,6}\)", re.DOTALL), "…"),
     (re.compile(r"'[^']*'|U\+[0-9A-F]{4,6}"), "…"),
 )
 

@@ -7,6 +7,7 @@ by the number of rows they stand for.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -95,8 +96,37 @@ class _Counting(Progress):
         return f"{shown} · billed {self.billed}"
 
 
+#: The size assumed when a terminal reports 0 (a pseudo-terminal nobody sized: `script`, some
+#: `docker exec -t`): tqdm would take it as -1 columns and rows, and never draw the bar.
+_DEFAULT_TERMINAL_SIZE: Final = os.terminal_size((80, 24))
+
+
+def _terminal_size(stream: TextIO) -> os.terminal_size | None:
+    """The size of the terminal `stream` writes to, or None if it is not one we can ask.
+
+    A 0 (an unsized pseudo-terminal) becomes $COLUMNS / $LINES when set, else 80 x 24.
+    """
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError):  # no file descriptor (io.UnsupportedOperation), or no terminal
+        return None
+    columns = size.columns or _environ_size("COLUMNS") or _DEFAULT_TERMINAL_SIZE.columns
+    lines = size.lines or _environ_size("LINES") or _DEFAULT_TERMINAL_SIZE.lines
+    return os.terminal_size((columns, lines))
+
+
+def _environ_size(name: str) -> int:
+    """A positive whole number from the environment, or 0."""
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else 0
+
+
 class BarProgress(_Counting):
-    """A tqdm bar on a terminal: rows done/total, rate, ETA and live counts."""
+    """A tqdm bar on a terminal: rows done/total, rate, ETA and live counts.
+
+    The bar follows the terminal's width as it changes. tqdm's own `dynamic_ncols` is not used:
+    it takes an unsized terminal's 0 columns at face value and then shows nothing at all.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
@@ -108,20 +138,31 @@ class BarProgress(_Counting):
         print(f"batch-enricher: {name}", file=self._stream, flush=True)
 
     def _begin(self) -> None:
+        ncols, nrows = self._size()
         self._bar = tqdm(
             total=self.total,
             initial=self.done,
             unit="row",
             file=self._stream,
-            dynamic_ncols=True,
             desc=f"{self.calls} call(s)",
             mininterval=0.2,
+            ncols=ncols,
+            nrows=nrows,
         )
         self._bar.set_postfix_str(self._counts_text(), refresh=False)
+
+    def _size(self) -> tuple[int, int] | tuple[None, None]:
+        """tqdm's `ncols` and `nrows` for the terminal now, one spare as tqdm's own leave them
+        (a full line never wraps); None for both when the stream has no size to ask for."""
+        size = _terminal_size(self._stream)
+        if size is None:
+            return None, None
+        return size.columns - 1, size.lines - 1
 
     def advance(self, rows: int, status: Status, *, billed: bool) -> None:
         super().advance(rows, status, billed=billed)
         if self._bar is not None:
+            self._bar.ncols, self._bar.nrows = self._size()  # follow a resized window
             self._bar.set_postfix_str(self._counts_text(), refresh=False)
             self._bar.update(rows)
 

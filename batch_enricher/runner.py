@@ -159,8 +159,12 @@ def resolve_outputs(options: EnrichOptions) -> list[Path]:
             )
         seen.add(resolved)
     # Checked now, not when writing: by then every answer has been paid for. A default output
-    # lies beside its input, whose absence the reader reports better.
+    # lies beside its input, whose absence the reader reports better. A missing --output-dir is
+    # made (like `mkdir -p`, private: the outputs hold personal data); a missing folder in -o
+    # is more likely a typo, and stays an error.
     if (options.output or options.output_dir) and not options.dry_run:
+        if options.output is None and options.output_dir is not None:
+            _make_output_dir(options.output_dir)
         for out in outputs:
             if not out.parent.is_dir():
                 raise OutputError(
@@ -171,6 +175,21 @@ def resolve_outputs(options: EnrichOptions) -> list[Path]:
         what = "an input" if options.state.resolve() in inputs else "an output"
         raise OutputError(f"--state {options.state} is {what} of this run; choose another path")
     return outputs
+
+
+def _make_output_dir(folder: Path) -> None:
+    """Create `folder` and any missing parents, each readable only by the user (0700)."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"the output folder {folder} is a file; choose another --output-dir")
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass  # made meanwhile, or a file: the is_dir() check that follows says which
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise OutputError(f"cannot create the output folder {folder}: {reason}") from err
 
 
 def _open_inputs(options: EnrichOptions, outputs: list[Path]) -> list[_Input]:

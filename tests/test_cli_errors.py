@@ -88,17 +88,28 @@ def test_summary_json_in_a_missing_folder_is_exit_1_before_anything_is_sent(
     assert _requests(server) == 0, "paid for a run whose summary cannot be written"
 
 
-def test_a_missing_output_folder_is_exit_1_before_anything_is_sent(
+def test_a_missing_output_folder_in_o_is_exit_1_before_anything_is_sent(
     tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Callable[..., Result]
 ) -> None:
     server = sandbox()
-    src = str(_input(tmp_path))
-    for flags in (["-o", str(tmp_path / "no" / "out.csv")], ["--output-dir", str(tmp_path / "no")]):
-        result = enrich_at(server, src, *flags)
-        assert result.exit_code == 1, result.output
-        _one_clear_line(result)
-        assert "does not exist" in result.output
+    result = enrich_at(server, str(_input(tmp_path)), "-o", str(tmp_path / "no" / "out.csv"))
+    assert result.exit_code == 1, result.output
+    _one_clear_line(result)
+    assert f"folder does not exist: {tmp_path / 'no'}" in result.output
     assert _requests(server) == 0, "paid for answers that could not be written"
+
+
+def test_a_missing_output_dir_is_created_and_holds_the_output_and_summary(
+    tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Callable[..., Result]
+) -> None:
+    server = sandbox()
+    folder = tmp_path / "enriched" / "2024"
+    src = str(_input(tmp_path))
+    summary = folder / "run.json"
+    result = enrich_at(server, src, "--output-dir", str(folder), "--summary-json", str(summary))
+    assert result.exit_code == 0, result.output
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / "in.enriched.csv").is_file() and summary.is_file()
 
 
 def test_a_missing_input_is_reported_as_missing_not_as_an_output_problem(

@@ -82,7 +82,8 @@ def test_xls_input_is_read_and_written_as_xlsx(
     ws = openpyxl.load_workbook(out).worksheets[0]
     got = [list(r[:4]) for r in ws.iter_rows(min_row=2, values_only=True)]
     assert got == [[n, i, m, 12.5] for n, i, m in people]
-    assert server.stats.received == people
+    # Each person sent once, the mobile as its digits; calls run concurrently, in any order.
+    assert sorted(server.stats.received) == sorted(people)
 
 
 def _fullwidth(text: str) -> str:
@@ -132,7 +133,7 @@ def test_messy_values_are_sent_normalised_and_rounded_ids_never_sent(
     for name in ("买买提·艾力", "阿依古丽·买买提", "古丽·努尔", "艾力·买买提"):
         assert name in {r[0] for r in received}
     assert ("王建国", legacy18, p[7][2]) in received
-    assert len(received) == 9, "the two Excel-rounded IDs were never sent"
+    assert len(server.stats.received) == len(received) == 9, "rounded IDs never sent, no one twice"
     ws_out = openpyxl.load_workbook(out).worksheets[0]
     rows = list(ws_out.iter_rows(min_row=2, values_only=True))
     assert rows[8][1] == legacy15, "the original cell stays as it was"

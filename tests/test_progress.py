@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+
+import pytest
 
 from batch_enricher.models import Status
 from batch_enricher.progress import BarProgress, LineProgress, NullProgress, make_progress
@@ -115,3 +118,71 @@ def test_make_progress_picks_bar_lines_or_nothing() -> None:
     assert type(make_progress(quiet=False, stream=io.StringIO())) is LineProgress
     silent = make_progress(quiet=True, stream=FakeTerminal())
     assert type(silent) is NullProgress
+
+
+class UnsizedTerminal(FakeTerminal):
+    """A terminal with a file descriptor whose size the test decides (0 x 0: nobody sized it)."""
+
+    FD = 99
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, columns: int = 0, lines: int = 0) -> None:
+        super().__init__()
+        self.size = os.terminal_size((columns, lines))
+        real = os.get_terminal_size
+
+        def get_terminal_size(fd: int = 1) -> os.terminal_size:
+            return self.size if fd == self.FD else real(fd)
+
+        # tqdm asks os at each call too: patched there, the test holds with or without the fix.
+        monkeypatch.setattr(os, "get_terminal_size", get_terminal_size)
+        monkeypatch.delenv("COLUMNS", raising=False)
+        monkeypatch.delenv("LINES", raising=False)
+
+    def fileno(self) -> int:
+        return self.FD
+
+    def frames(self) -> list[str]:
+        """Each redraw of the bar, as the terminal shows it."""
+        return [f.rstrip("\n") for f in self.getvalue().split("\r") if f.strip()]
+
+
+def _run_bar(out: FakeTerminal) -> BarProgress:
+    progress = BarProgress(out)
+    progress.start(50, 10, 40, already={Status.INVALID: 10})
+    for _ in range(40):
+        progress.advance(1, Status.OK, billed=True)
+    return progress
+
+
+def test_a_terminal_reporting_0_columns_still_shows_the_bar_at_80(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`script`, some `docker exec -t`: a pseudo-terminal of 0 x 0. tqdm took that as -1 and
+    drew nothing; the bar must show, 80 wide less tqdm's spare column."""
+    out = UnsizedTerminal(monkeypatch)
+    _run_bar(out).close()
+    frames = out.frames()
+    assert frames, "no bar was drawn"
+    assert "10/50" in frames[0] and "50/50" in frames[-1] and "100%" in frames[-1]
+    assert {len(frame) for frame in frames} == {79}
+    assert re.search(r"100%\|.+\| 50/50", frames[-1]), "the bar itself is drawn"
+
+
+def test_an_unsized_terminal_takes_columns_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = UnsizedTerminal(monkeypatch)
+    monkeypatch.setenv("COLUMNS", "150")
+    _run_bar(out).close()
+    assert {len(frame) for frame in out.frames()} == {149}
+    assert "billed 40]" in out.frames()[-1], "wide enough for every count"
+
+
+def test_the_bar_follows_the_terminal_when_it_is_resized(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = UnsizedTerminal(monkeypatch, columns=60, lines=20)
+    progress = _run_bar(out)
+    assert {len(frame) for frame in out.frames()} == {59}
+    out.size = os.terminal_size((120, 40))
+    progress.advance(0, Status.OK, billed=False)
+    progress.close()
+    assert len(out.frames()[-1]) == 119

@@ -78,14 +78,37 @@ def test_a_journal_that_cannot_be_written_stops_all_sending(
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_a_missing_output_folder_is_refused_before_anything_is_paid(tmp_path: Path) -> None:
+def test_a_missing_output_folder_in_o_is_refused_before_anything_is_paid(tmp_path: Path) -> None:
     src = tmp_path / "a.csv"
-    with pytest.raises(OutputError, match="folder does not exist"):
+    with pytest.raises(OutputError, match=r"folder does not exist: .*nope"):
         resolve_outputs(EnrichOptions(inputs=[src], output=tmp_path / "nope" / "o.csv"))
-    with pytest.raises(OutputError, match="folder does not exist"):
-        resolve_outputs(EnrichOptions(inputs=[src], output_dir=tmp_path / "nope"))
-    dry = EnrichOptions(inputs=[src], output_dir=tmp_path / "nope", dry_run=True)
+    assert not (tmp_path / "nope").exists(), "a typo in -o does not make folders"
+
+
+def test_a_missing_output_dir_is_made_private_before_anything_is_paid(tmp_path: Path) -> None:
+    src = tmp_path / "a.csv"
+    folder = tmp_path / "new" / "enriched"
+    outputs = resolve_outputs(EnrichOptions(inputs=[src], output_dir=folder))
+    assert outputs == [folder / "a.enriched.csv"]
+    for made in (folder, folder.parent):  # like mkdir -p, each readable only by the user
+        assert made.is_dir()
+        assert made.stat().st_mode & 0o777 == 0o700
+    assert resolve_outputs(EnrichOptions(inputs=[src], output_dir=folder)) == outputs
+
+
+def test_a_dry_run_makes_no_output_dir(tmp_path: Path) -> None:
+    dry = EnrichOptions(inputs=[tmp_path / "a.csv"], output_dir=tmp_path / "nope", dry_run=True)
     assert resolve_outputs(dry), "a dry run writes nothing, so it needs no folder"
+    assert not (tmp_path / "nope").exists()
+
+
+def test_an_output_dir_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "a.csv"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        resolve_outputs(EnrichOptions(inputs=[src], output_dir=tmp_path / "file"))
+    with pytest.raises(OutputError, match=r"cannot create the output folder .*: Not a directory"):
+        resolve_outputs(EnrichOptions(inputs=[src], output_dir=tmp_path / "file" / "out"))
 
 
 def test_the_journal_never_shares_a_path_with_an_input_or_output(tmp_path: Path) -> None:

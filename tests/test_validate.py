@@ -122,7 +122,7 @@ def test_normalise_name(raw: str, expected: str) -> None:
 def test_black_circle_is_not_a_middle_dot() -> None:
     result = _invalid(check("买买提●艾力", ID, MOBILE))
     assert result.error_code == INVALID_NAME
-    assert result.reason == "姓名格式错误: contains '●', which is not allowed in names"
+    assert result.reason == "姓名格式错误: contains '●' (U+25CF), which is not allowed in names"
 
 
 # --- ID numbers ---------------------------------------------------------------------------------
@@ -278,16 +278,16 @@ def test_names_accepted(name: str) -> None:
         (12.5, "contains digits"),
         ("张\x07三", "contains a control character (U+0007)"),
         ("张\u202e三", "contains a control character (U+202E)"),
-        ("=HYPERLINK()", "contains '=', which is not allowed in names"),
-        ("+张三", "contains '+', which is not allowed in names"),
-        ("@张三", "contains '@', which is not allowed in names"),
-        ("张<三>", "contains '<', which is not allowed in names"),
-        ("张三(先生)", "contains '(', which is not allowed in names"),
-        ("张三/李四", "contains '/', which is not allowed in names"),
-        ("张三,李四", "contains ',', which is not allowed in names"),
-        ("张-三", "contains '-', which is not allowed in names"),  # hyphens are Latin-only
-        ("-Smith", "starts with '-'"),
-        ("·艾力", "starts with '·'"),
+        ("=HYPERLINK()", "contains '=' (U+003D), which is not allowed in names"),
+        ("+张三", "contains '+' (U+002B), which is not allowed in names"),
+        ("@张三", "contains '@' (U+0040), which is not allowed in names"),
+        ("张<三>", "contains '<' (U+003C), which is not allowed in names"),
+        ("张三(先生)", "contains '(' (U+0028), which is not allowed in names"),
+        ("张三/李四", "contains '/' (U+002F), which is not allowed in names"),
+        ("张三,李四", "contains ',' (U+002C), which is not allowed in names"),
+        ("-张三", "contains '-' (U+002D), which is not allowed in names"),  # Latin-only
+        ("-Smith", "starts with '-' (U+002D)"),
+        ("·艾力", "starts with '·' (U+00B7); a middle dot only goes between two parts of a name"),
         ("·", "contains no letters"),
         (True, "is a TRUE/FALSE cell"),
         (dt.datetime(2020, 1, 1), "is a date/time cell"),
@@ -329,8 +329,8 @@ def test_numeric_mobile_cells(cell: object, expected: str) -> None:
         ("12812345678", "must be 11 digits starting 13-19, got one starting 12"),
         ("02812345678", "must be 11 digits starting 13-19, got one starting 02"),
         ("1381234567a", "must be 11 digits starting 13-19, got characters other than digits"),
-        ("138/13912345678", "must be 11 digits starting 13-19, got characters other than digits"),
-        ("+1 415 555 0100", "must be 11 digits starting 13-19, got characters other than digits"),
+        ("138/13912345678", "must be 11 digits starting 13-19; contains '/' (U+002F)"),
+        ("+1 415 555 0100", "must be 11 digits starting 13-19; contains '+' (U+002B)"),
         (
             "1.38123E+10",
             "must be 11 digits starting 13-19; "
