@@ -67,13 +67,14 @@ class JournalReport:
     answers: int | None = None
     damage: str | None = None  # None: the integrity check passed
     mismatch: str | None = None  # None: journal and secret belong together
+    unusable: str | None = None  # why it cannot be used at all (not a journal, too new, ...)
     fix: str | None = None  # what to run or do next when not ok
     note: str | None = None
 
     @property
     def ok(self) -> bool:
         """Whole, readable and bound to its own secret: a run may use it."""
-        return self.exists and self.damage is None and self.mismatch is None
+        return self.exists and not (self.damage or self.mismatch or self.unusable)
 
     def lines(self) -> list[str]:
         """The report as aligned `label: value` lines for a terminal."""
@@ -90,7 +91,10 @@ class JournalReport:
                 ("answers", answers),
                 ("schema", version),
             ]
-        rows.append(("secret", self.mismatch or "belongs to this journal"))
+        if self.unusable:
+            rows.append(("problem", self.unusable))
+        else:
+            rows.append(("secret", self.mismatch or "belongs to this journal"))
         if self.note:
             rows.append(("note", self.note))
         if self.fix and not self.ok:
@@ -132,7 +136,7 @@ def check_journal(path: Path) -> JournalReport:
     try:
         stored = read_secret(sibling(path, ".secret"))
     except JournalError as exc:
-        return JournalReport(path, path.exists(), mismatch=str(exc))
+        return JournalReport(path, path.exists(), unusable=str(exc))
     if not path.exists():
         problem = binding_problem(path, stored, DbFacts(DbKind.MISSING))
         if problem is None:
@@ -156,7 +160,7 @@ def check_journal(path: Path) -> JournalReport:
     except sqlite3.Error as exc:
         return replace(report, damage=str(exc) or type(exc).__name__, fix=recover)
     except JournalError as exc:
-        return replace(report, damage=str(exc))
+        return replace(report, unusable=str(exc))
     problem = binding_problem(path, stored, facts)
     if problem is not None:
         return replace(report, mismatch=problem.what, fix=_start_over(problem.fix))
@@ -289,6 +293,8 @@ class _Salvage:
         return int(n)
 
     def _descend(self, lo: int, hi: int, depth: int) -> None:
+        if lo >= hi:  # everything up to `hi` was read after all
+            return
         if depth > _MAX_DEPTH or hi - lo < _SPLIT:
             self.given_up += 1
             return

@@ -133,3 +133,14 @@ def test_journal_help_has_examples(run: Run) -> None:
         assert "Example" in result.output
     enrich = run("enrich", "--help")
     assert "--new-journal" in enrich.output
+
+
+def test_check_of_a_file_that_is_no_journal_says_so(run: Run, state: Path) -> None:
+    state.parent.mkdir(parents=True)
+    conn = sqlite3.connect(state)
+    conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.commit()
+    conn.close()
+    result = run("journal", "check", "--state", str(state))
+    assert result.exit_code == 1
+    assert "not a batch-enricher journal" in _fields(result)["problem"]
