@@ -658,13 +658,16 @@ def _row(key: bytes, answer: Answer) -> tuple[bytes | str | int | float, ...]:
     )
 
 
-def select_range_sql(lo: bytes, hi: bytes | None) -> tuple[str, tuple[bytes, ...]]:
+def select_range_sql(
+    lo: bytes, hi: bytes | None, *, descending: bool = False
+) -> tuple[str, tuple[bytes, ...]]:
     """SQL and parameters for the stored rows with `lo <= key < hi` (no upper bound when `hi`
-    is None), in key order, as `storable_row` takes them."""
+    is None), in key order (or reversed), as `storable_row` takes them."""
+    order = " ORDER BY key DESC" if descending else " ORDER BY key"
     sql = f"SELECT key, {_COLUMNS} FROM answers WHERE key >= ?"
     if hi is None:
-        return f"{sql} ORDER BY key", (lo,)
-    return f"{sql} AND key < ? ORDER BY key", (lo, hi)
+        return sql + order, (lo,)
+    return f"{sql} AND key < ?{order}", (lo, hi)
 
 
 def storable_row(raw: Sequence[Any]) -> tuple[bytes | str | int | float, ...] | None:

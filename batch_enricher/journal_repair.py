@@ -6,15 +6,17 @@ to the same secret, and moves the damaged database aside: paid answers are the o
 thrown away.
 
 Reading a damaged table: a query fails as soon as it touches a damaged page, so answers are
-read in key ranges (keys are HMACs, spread evenly over the key space). A range that fails is
-cut in 16 parts and each part is read again, down to 1/2^32 of the key space; a range whose
-parts all fail is given up whole, so a damaged region costs a few hundred queries, not one per
-possible key. Only the answers in ranges given up are lost.
+read in key ranges (keys are HMACs, spread evenly over the key space), forwards until the read
+fails and then backwards from the range's end until it fails again. What is left between is
+cut in 16 parts and each part is read the same way, down to 1/2^32 of the key space; a range
+none of whose parts yields a single answer is given up whole, so a damaged region costs a few
+hundred queries, not one per possible key. Only the answers on damaged pages are lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import shlex
@@ -275,9 +277,8 @@ class _Salvage:
         """Copy all that can be read, in one transaction: one sync to disk, not one a batch."""
         self._dest.execute("BEGIN IMMEDIATE")
         try:
-            complete, start = self._try(0, _KEY_SPACE)
-            if not complete:
-                self._descend(start, _KEY_SPACE, 1)
+            start, end = self._try(0, _KEY_SPACE)
+            self._descend(start, end, 1)
         except BaseException:
             self._dest.execute("ROLLBACK")
             raise
@@ -293,42 +294,69 @@ class _Salvage:
         return int(n)
 
     def _descend(self, lo: int, hi: int, depth: int) -> None:
-        if lo >= hi:  # everything up to `hi` was read after all
+        """Read what can be read of [lo, hi), a range that could not be read in one go."""
+        if lo >= hi:
             return
         if depth > _MAX_DEPTH or hi - lo < _SPLIT:
             self.given_up += 1
             return
         step = (hi - lo) // _SPLIT
-        parts = [
-            (lo + i * step, hi if i == _SPLIT - 1 else lo + (i + 1) * step) for i in range(_SPLIT)
-        ]
-        broken: list[tuple[int, int, int]] = []
-        for a, b in parts:
-            complete, start = self._try(a, b)
-            if not complete:
-                broken.append((a, start, b))
-        if len(broken) == _SPLIT and all(start == a for a, start, _ in broken):
+        bounds = [lo + i * step for i in range(_SPLIT)] + [hi]
+        unread = [self._try(a, b) for a, b in itertools.pairwise(bounds)]
+        if all(
+            (start, end) == (a, b)
+            for (start, end), (a, b) in zip(unread, itertools.pairwise(bounds), strict=True)
+        ):
             self.given_up += 1  # nothing here can be read: do not grind through every part
             return
-        for _, start, b in broken:
-            self._descend(start, b, depth + 1)
+        for start, end in unread:
+            self._descend(start, end, depth + 1)
 
-    def _try(self, lo: int, hi: int) -> tuple[bool, int]:
-        """Copy the answers in [lo, hi); (whether the whole range was read, where reading
-        stopped: every key below it was copied)."""
-        start = lo
-        try:
-            cursor = self._src.execute(
-                *select_range_sql(_key(lo), _key(hi) if hi < _KEY_SPACE else None)
+    def _try(self, lo: int, hi: int) -> tuple[int, int]:
+        """Copy the answers in [lo, hi): forwards until a damaged page stops the read, then
+        backwards from `hi` until one stops it again. Returns the part left unread (empty
+        when the whole range was read)."""
+        start = self._read(lo, hi, descending=False)
+        if start is None:
+            return hi, hi
+        end = self._read(start, hi, descending=True)
+        if end is None:  # read backwards to `start`: the forward read only tripped past `hi`
+            return hi, hi
+        return start, end
+
+    def _read(self, lo: int, hi: int, *, descending: bool) -> int | None:
+        """Copy the answers in [lo, hi) in key order (or reversed); None if all were read, else
+        the bound of what was: every key below it (at or above it, reversed) was copied.
+
+        Read in pages of at most `_BATCH` rows (`LIMIT`): a query that reaches a damaged page
+        fails and returns none of its rows (sqlite3 steps to the next row before it hands over
+        the current one), so a failed page is asked again for half as many rows, down to one,
+        and the rows right up to the damage are still copied.
+        """
+        limit = _BATCH
+        while lo < hi:
+            sql, args = select_range_sql(
+                _key(lo), _key(hi) if hi < _KEY_SPACE else None, descending=descending
             )
-            while rows := cursor.fetchmany(_BATCH):
-                self._keep(rows)
-                last = rows[-1][0]
-                if isinstance(last, bytes) and len(last) == _KEY_BYTES:
-                    start = int.from_bytes(last, "big") + 1
-        except sqlite3.DatabaseError:
-            return False, start
-        return True, start
+            try:
+                rows = self._src.execute(f"{sql} LIMIT {limit}", args).fetchall()
+            except sqlite3.DatabaseError:
+                if limit == 1:
+                    return hi if descending else lo
+                limit //= 2
+                continue
+            self._keep(rows)
+            if len(rows) < limit:
+                return None
+            last = rows[-1][0]
+            if not isinstance(last, bytes) or len(last) != _KEY_BYTES:
+                return hi if descending else lo  # a garbled key: no next page to ask for
+            if descending:
+                hi = int.from_bytes(last, "big")
+            else:
+                lo = int.from_bytes(last, "big") + 1
+            limit = _BATCH
+        return None
 
     def _keep(self, rows: list[tuple[Any, ...]]) -> None:
         self._dest.executemany(COPY_SQL, [row for row in map(storable_row, rows) if row])

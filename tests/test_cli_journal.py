@@ -144,3 +144,23 @@ def test_check_of_a_file_that_is_no_journal_says_so(run: Run, state: Path) -> No
     result = run("journal", "check", "--state", str(state))
     assert result.exit_code == 1
     assert "not a batch-enricher journal" in _fields(result)["problem"]
+
+
+def test_recover_with_nothing_readable_leaves_the_journal_in_place(run: Run, state: Path) -> None:
+    with Journal.open(state) as journal:
+        people = (Person("王五", f"1101011990030{i:05d}", f"139{i:08d}") for i in range(300))
+        journal.put_many((journal.key(p), OK) for p in people)
+    conn = sqlite3.connect(state)
+    (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'answers'").fetchone()
+    conn.close()
+    with state.open("r+b") as fh:  # the table's root page: no answer can be reached
+        fh.seek((root - 1) * 4096)
+        fh.write(b"\xff" * 4096)
+    before = {p.name: p.read_bytes() for p in state.parent.iterdir()}
+
+    result = run("journal", "recover", "--state", str(state))
+
+    assert result.exit_code == 1
+    assert "nothing can be read from the journal" in result.output
+    assert "--new-journal" in result.output
+    assert {p.name: p.read_bytes() for p in state.parent.iterdir()} == before
