@@ -1,6 +1,6 @@
 """The command line: parse options, call one library function, turn its exceptions into exit codes.
 
-No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal.py and sandbox.py.
+No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal*.py and sandbox.py.
 """
 
 from __future__ import annotations
@@ -319,6 +319,12 @@ def cli() -> None:
     help="Journal database (default: under the user's state folder).",
 )
 @click.option(
+    "--new-journal",
+    is_flag=True,
+    help="Set the journal and its secret aside (renamed, never deleted) and start an empty "
+    "one: everyone is paid for again. For a journal refused as missing, emptied or replaced.",
+)
+@click.option(
     "--max-age",
     envvar=ENV["max_age"],
     default="30d",
@@ -386,6 +392,7 @@ def enrich(
     retry_initial: float,
     retry_max: float,
     state: Path | None,
+    new_journal: bool,
     max_age: float | None,
     max_billed: int | None,
     sandbox: bool,
@@ -458,6 +465,7 @@ def enrich(
             sheet=_sheet(sheet),
             encoding=encoding,
             lock_timeout=lock_timeout,
+            new_journal=new_journal,
             band_tables=ctx.meta.get("band_tables", dict(bands.DEFAULT_TABLES)),
         )
         _check_written_paths(options, summary_json=summary_json, log_file=log_file)
@@ -683,6 +691,16 @@ def codes_command() -> None:
     click.echo(format_codes())
 
 
+def _state_option(f: F) -> F:
+    """--state, as `enrich` takes it."""
+    return click.option(
+        "--state",
+        envvar=ENV["state"],
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Journal database (default: under the user's state folder).",
+    )(f)
+
+
 @cli.command()
 @click.option(
     "--older-than",
@@ -690,12 +708,7 @@ def codes_command() -> None:
     callback=_duration,
     help="Delete answers older than this (e.g. 90d).",
 )
-@click.option(
-    "--state",
-    envvar=ENV["state"],
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Journal database (default: under the user's state folder).",
-)
+@_state_option
 def purge(older_than: float, state: Path | None) -> None:
     """Delete journal answers older than --older-than (retention).
 
@@ -716,6 +729,69 @@ def purge(older_than: float, state: Path | None) -> None:
     except EnricherError as exc:
         _fail(exc)
     click.echo(f"purged {removed} answer(s) older than the cutoff; {left} kept in {path}")
+
+
+@cli.group(name="journal")
+def journal_group() -> None:
+    """Check the journal of paid answers, or recover a damaged one.
+
+    \b
+    Examples:
+        batch-enricher journal check
+        batch-enricher journal recover --state ~/jobs/journal.sqlite3
+    """
+
+
+@journal_group.command(name="check")
+@_state_option
+@click.pass_context
+def journal_check(ctx: click.Context, state: Path | None) -> None:
+    """Check the journal without changing it: integrity, answers, schema, secret.
+
+    Exits 0 when a run can use it, 1 when not (the report says what to do next).
+
+    \b
+    Example:
+        batch-enricher journal check --state ~/jobs/journal.sqlite3
+    """
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.journal_repair import check_journal
+
+    try:
+        report = check_journal(state or default_state_path())
+    except EnricherError as exc:
+        _fail(exc)
+    click.echo("\n".join(report.lines()))
+    ctx.exit(0 if report.ok else 1)
+
+
+@journal_group.command(name="recover")
+@_state_option
+@click.option(
+    "--lock-timeout",
+    type=_Number(min=0.0),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for another run's journal lock.",
+)
+def journal_recover(state: Path | None, lock_timeout: float) -> None:
+    """Copy every readable answer of a damaged journal into a new one.
+
+    The new journal takes the old one's place and keeps its secret, so no answer that could
+    be read is paid for again; the damaged file is renamed beside it, never deleted.
+
+    \b
+    Example:
+        batch-enricher journal recover --state ~/jobs/journal.sqlite3
+    """
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.journal_repair import recover_journal
+
+    try:
+        recovery = recover_journal(state or default_state_path(), lock_timeout=lock_timeout)
+    except EnricherError as exc:
+        _fail(exc)
+    click.echo(recovery.message())
 
 
 #: Ctrl-C outside a run's own handler. `enrich` handles SIGINT itself from opening the journal

@@ -7,7 +7,10 @@
     ├── OutputError                  exit 1: the output cannot be written
     ├── ConfigError                  exit 1: bad settings, no key
     ├── JournalError                 exit 1: the journal cannot be opened
-    │   └── JournalLockedError       another run holds the journal
+    │   ├── JournalLockedError       another run holds the journal
+    │   ├── JournalMismatchError     journal and secret do not belong together (missing,
+    │   │                            emptied or swapped): put it back or --new-journal
+    │   └── JournalDamagedError      fails its integrity check: `journal recover`
     └── ApiError                     one reply that is not a plain answer
         ├── TransientApiError        worth retrying: 10011, 10012, 10014, 281504, 429/5xx,
         │   │                        timeouts, connection errors, undecodable replies
@@ -57,6 +60,14 @@ class JournalError(EnricherError):
 
 class JournalLockedError(JournalError):
     """Another run is using the same journal."""
+
+
+class JournalMismatchError(JournalError):
+    """The journal and its secret do not belong together: using them would pay everyone again."""
+
+
+class JournalDamagedError(JournalError):
+    """The journal fails its integrity check; `batch-enricher journal recover` saves what it can."""
 
 
 class ApiError(EnricherError):

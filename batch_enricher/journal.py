@@ -7,6 +7,13 @@ HMAC-SHA256 over the normalised identity with a 32-byte secret kept beside the d
 (`<journal>.secret`, mode 0600). Without that secret the keys cannot be recomputed, and a
 copy of the database alone does not reveal who was queried.
 
+The journal knows its secret (journal_identity.py): a journal that is missing, empty or
+replaced next to its secret, or a secret that is not its own, would match nobody and pay
+everyone again, so `Journal.open` refuses it before anything is sent; `new_journal=True` sets
+the old pair aside (renamed, never deleted) and starts over. It also refuses a journal that
+fails `PRAGMA quick_check` or cannot be written (journal_repair.py salvages a damaged one).
+Paths are resolved first, so a symlink and its target share one lock and one secret.
+
 Durability: WAL mode with `synchronous=NORMAL` means a committed transaction survives the
 process being killed (`kill -9`, OOM); only a power cut may lose the last few commits.
 `put` commits before it returns, so an answer that was paid for is on disk before the
@@ -24,12 +31,14 @@ import errno
 import fcntl
 import hashlib
 import hmac
+import logging
 import os
-import secrets
+import shlex
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -38,17 +47,31 @@ from typing import Any, Final, Self
 
 import platformdirs
 
-from .errors import JournalError, JournalLockedError
+from .errors import JournalDamagedError, JournalError, JournalLockedError, JournalMismatchError
+from .journal_identity import (
+    DbFacts,
+    DbKind,
+    SecretFile,
+    binding_problem,
+    fingerprint,
+    new_secret,
+    read_secret,
+    set_aside,
+    sibling,
+    write_secret,
+)
 from .models import Answer, Person, Status
 
-__all__ = ["SCHEMA_VERSION", "Journal", "default_state_path"]
+__all__ = ["SCHEMA_VERSION", "Journal", "default_state_path", "resolve_path", "run_lock"]
 
-#: The schema this code writes; `PRAGMA user_version` of a journal it created.
-SCHEMA_VERSION: Final = 1
+log = logging.getLogger("batch_enricher")
+
+#: The schema this code writes; `PRAGMA user_version` of a journal it created. Version 1 had
+#: no `meta` table; it is upgraded in place, bound to the secret found beside it.
+SCHEMA_VERSION: Final = 2
 
 _APP: Final = "batch-enricher"
 _FILENAME: Final = "journal.sqlite3"
-_SECRET_BYTES: Final = 32
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o700
 _LOCK_POLL_S: Final = 0.1
@@ -61,8 +84,8 @@ _STORABLE: Final = frozenset({Status.OK, Status.REJECTED})
 # so memory does not grow with the number of people.
 _MEMO_LIMIT: Final = 1 << 14
 
-_SCHEMA: Final = """
-CREATE TABLE answers (
+_ANSWERS_DDL: Final = (
+    """CREATE TABLE answers (
     key         BLOB PRIMARY KEY,
     status      TEXT NOT NULL,
     error_code  INTEGER NOT NULL,
@@ -73,9 +96,15 @@ CREATE TABLE answers (
     stability_score TEXT NOT NULL,
     queried_at  TEXT NOT NULL,   -- the answer's own ISO 8601 text, returned unchanged on reuse
     received_at REAL NOT NULL    -- the same instant as epoch seconds, for --max-age and purge
-) WITHOUT ROWID;
-CREATE INDEX answers_received_at ON answers (received_at);
-"""
+) WITHOUT ROWID""",
+    "CREATE INDEX answers_received_at ON answers (received_at)",
+)
+# Version 2: what binds the database to its secret (journal_identity.py). Never the secret.
+_META_DDL: Final = "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
+_SET_META: Final = "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)"
+_KEY_BYTES: Final = 32  # HMAC-SHA256
+# The write check's row: written, then rolled back (no real key is 32 zero bytes).
+_PROBE: Final = (bytes(_KEY_BYTES), "ok", 0, "", "", "", "", "", "1970-01-01T00:00:00+00:00", 0.0)
 
 _COLUMNS: Final = (
     "status, error_code, reason, orderid, range_score, history_score, stability_score, queried_at"
@@ -84,6 +113,8 @@ _UPSERT: Final = (
     f"INSERT OR REPLACE INTO answers (key, {_COLUMNS}, received_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: Store a row made by `storable_row`, keeping the one already there (copying a journal).
+COPY_SQL: Final = _UPSERT.replace("OR REPLACE", "OR IGNORE")
 
 
 def default_state_path() -> Path:
@@ -115,21 +146,34 @@ class Journal:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, lock_timeout: float = 5.0) -> Journal:
-        """Open or create the journal at `path`, waiting up to `lock_timeout` s for the run lock."""
-        path = Path(path).expanduser()
+    def open(cls, path: Path, *, lock_timeout: float = 5.0, new_journal: bool = False) -> Journal:
+        """Open or create the journal at `path` (symlinks followed), proven ready to write.
+
+        Waits up to `lock_timeout` s for the run lock. Raises, before anything can be sent,
+        `JournalMismatchError` when the journal and its secret do not belong together and
+        `JournalDamagedError` when the journal fails its integrity check. `new_journal` first
+        sets whatever journal and secret are there aside (renamed, never deleted) and starts
+        an empty pair; a location with neither gets a new pair anyway.
+        """
+        typed, path = Path(path).expanduser().absolute(), resolve_path(path)
         # Whatever the caller's umask, everything created here is private to the user.
         old_umask = os.umask(0o077)
         try:
             _make_state_dir(path.parent)
             lock_fd = _acquire_lock(path, lock_timeout)
             try:
-                conn = _connect(path)
-                try:
-                    secret = _load_or_create_secret(path, conn)
-                except BaseException:
-                    conn.close()
-                    raise
+                if not new_journal:
+                    _refuse_stray_secret(typed, path)
+                if new_journal:
+                    aside = set_aside(path, "aside")
+                    if aside is not None:
+                        log.warning(
+                            "the journal %s and its secret were moved aside to %s; "
+                            "starting a new, empty journal (everyone is paid for again)",
+                            path,
+                            aside,
+                        )
+                conn, secret = _open_bound(path)
             except BaseException:
                 _release_lock(lock_fd)
                 raise
@@ -288,9 +332,28 @@ def _make_state_dir(folder: Path) -> None:
         raise JournalError(f"cannot create the journal folder {folder}: {exc.strerror}") from None
 
 
+def resolve_path(path: Path) -> Path:
+    """The journal's real path: `~` expanded, symlinks followed, absolute.
+
+    Its lock and secret are named from this path, so two runs that reach one database through
+    different names (a symlink, a relative path) share one lock and one secret.
+    """
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the journal's run lock (`<path>.lock`, path already resolved) inside the block."""
+    fd = _acquire_lock(path, timeout)
+    try:
+        yield
+    finally:
+        _release_lock(fd)
+
+
 def _acquire_lock(path: Path, timeout: float) -> int:
     """Take the exclusive run lock on `<path>.lock`, polling until `timeout` seconds have passed."""
-    lock_path = _sibling(path, ".lock")
+    lock_path = sibling(path, ".lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
     except OSError as exc:
@@ -322,117 +385,235 @@ def _release_lock(fd: int) -> None:
         os.close(fd)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    """Open the database, creating the schema in a new file and refusing foreign or newer ones."""
-    try:
-        # Pre-create the file 0600: SQLite copies the database's mode to -wal and -shm.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
-    except OSError as exc:
-        raise JournalError(f"cannot open the journal {path}: {exc.strerror}") from None
+def _open_bound(path: Path) -> tuple[sqlite3.Connection, bytes]:
+    """Connect to the journal, check it belongs to its secret, bind or create, prove writable."""
+    secret_path = sibling(path, ".secret")
+    stored = read_secret(secret_path)
+    existed = path.exists()
+    if stored is not None and not existed:
+        # Refused before creating anything: an empty file here would hide what happened.
+        _refuse(path, stored, DbFacts(DbKind.MISSING))
+    if not existed:
+        try:
+            # Pre-create the file 0600: SQLite copies the database's mode to -wal and -shm.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE))
+        except OSError as exc:
+            raise JournalError(f"cannot create the journal {path}: {exc.strerror}") from None
     _tighten(path)
-    conn: sqlite3.Connection | None = None
-    with _sqlite_errors(path, "open"):
+    with _open_errors(path):
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
         conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            _check_schema(conn, path)
+    try:
+        with _open_errors(path):
+            facts = inspect_db(conn, path)
+            if stored is None and facts.kind in (DbKind.V1, DbKind.V2):
+                (answers,) = conn.execute("SELECT COUNT(*) FROM answers").fetchone()
+                facts = replace(facts, answers=int(answers))
+            _refuse(path, stored, facts)
+            _quick_check(conn, path)
             (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
             if str(mode).lower() != "wal":
                 raise JournalError(f"cannot put the journal {path} in WAL mode (got {mode})")
             # In WAL mode NORMAL loses nothing on a process crash, only on power loss.
             conn.execute("PRAGMA synchronous=NORMAL")
-        except BaseException:
-            conn.close()
-            raise
-    return conn
+            secret = _bind(conn, path, stored, facts)
+            _write_check(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, secret
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+def _refuse_stray_secret(typed: Path, path: Path) -> None:
+    """Earlier versions named the secret after the path as typed, a symlink included: point
+    the user at it rather than start a second secret for the same database."""
+    stray, secret = sibling(typed, ".secret"), sibling(path, ".secret")
+    if typed != path and stray.exists() and not secret.exists():
+        raise JournalMismatchError(
+            f"the secret of the journal {path} is at {stray}, named after the link {typed}; "
+            f"nothing was sent. Move it to {secret} (so every path to this journal shares it), "
+            "then rerun"
+        )
+
+
+def _refuse(path: Path, stored: SecretFile | None, facts: DbFacts) -> None:
+    problem = binding_problem(path, stored, facts)
+    if problem is not None:
+        raise JournalMismatchError(problem.message())
+
+
+def inspect_db(conn: sqlite3.Connection, path: Path) -> DbFacts:
+    """What the database holds: nothing yet, a version-1 or a version-2 journal (with its
+    fingerprint and id); a newer or foreign database is a JournalError."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
         raise JournalError(
             f"the journal {path} has schema version {version}, newer than this batch-enricher "
             f"understands ({SCHEMA_VERSION}); upgrade batch-enricher or use --state"
         )
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    if version == SCHEMA_VERSION and "answers" in tables:
-        return
-    if version != 0 or tables:
-        raise JournalError(
-            f"{path} is an SQLite database but not a batch-enricher journal; "
-            "use --state to pick another path"
+    names = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    if version == 0 and not names:
+        return DbFacts(DbKind.EMPTY)
+    if version == 1 and "answers" in names and "meta" not in names:
+        return DbFacts(DbKind.V1)
+    if version == SCHEMA_VERSION and {"answers", "meta"} <= names:
+        meta = {str(name): value for name, value in conn.execute("SELECT name, value FROM meta")}
+        return DbFacts(
+            DbKind.V2,
+            fingerprint=_blob(meta.get("fingerprint")),
+            journal_id=_blob(meta.get("journal_id")),
         )
-    # One transaction: a journal either has the whole schema and its version, or nothing.
-    conn.executescript(
-        f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    raise JournalError(
+        f"{path} is an SQLite database but not a batch-enricher journal; "
+        "use --state to pick another path"
     )
 
 
-def _load_or_create_secret(path: Path, conn: sqlite3.Connection) -> bytes:
-    """Read `<path>.secret`, or create it if this journal holds nothing it would orphan."""
-    secret_path = _sibling(path, ".secret")
-    try:
-        fd = os.open(secret_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise JournalError(
-            f"cannot read the journal secret {secret_path}: {exc.strerror}"
-        ) from None
-    else:
-        with os.fdopen(fd, "rb") as f:
-            secret = f.read()
-        if len(secret) != _SECRET_BYTES:
-            raise JournalError(
-                f"the journal secret {secret_path} is damaged ({len(secret)} bytes, expected "
-                f"{_SECRET_BYTES}); restore it, or move the journal and its secret away "
-                "to start fresh"
-            )
-        _tighten(secret_path)
-        return secret
+def create_schema(conn: sqlite3.Connection, secret: SecretFile) -> None:
+    """Give an empty database the whole schema, bound to `secret`, in one transaction."""
+    _write_identity(conn, secret, (*_ANSWERS_DDL, _META_DDL))
 
-    with _sqlite_errors(path, "read"):
-        (entries,) = conn.execute("SELECT COUNT(*) FROM answers").fetchone()
-    if entries:
-        raise JournalError(
-            f"the journal {path} holds {entries} answers but its secret {secret_path} is missing; "
-            "without it those answers can never be matched again (they would be paid for twice). "
-            f"Restore the secret file, or move {path} away (or use --state) "
-            "to start a fresh journal"
-        )
-    secret = secrets.token_bytes(_SECRET_BYTES)
+
+def _bind(conn: sqlite3.Connection, path: Path, stored: SecretFile | None, facts: DbFacts) -> bytes:
+    """Make the database and the secret file name each other; returns the secret.
+
+    The database is written first: a crash before the secret file follows leaves a journal
+    whose fingerprint names its secret, which the next open completes (or, with no answers
+    yet, rebinds), never a secret beside an empty database (which would be refused).
+    """
+    secret_path = sibling(path, ".secret")
+    if stored is None:  # a new journal, or one with no answers whose secret is gone
+        fresh = new_secret()
+        ddl = {
+            DbKind.MISSING: (*_ANSWERS_DDL, _META_DDL),
+            DbKind.EMPTY: (*_ANSWERS_DDL, _META_DDL),
+            DbKind.V1: (_META_DDL,),
+            DbKind.V2: (),
+        }[facts.kind]
+        _write_identity(conn, fresh, ddl)
+        write_secret(secret_path, fresh)
+        return fresh.secret
+    if facts.kind is DbKind.V1:  # binding_problem let it through: its secret has no id yet
+        bound = SecretFile(stored.secret, new_secret().journal_id)
+        _write_identity(conn, bound, (_META_DDL,))
+        write_secret(secret_path, bound)
+        log.info("upgraded the journal %s to schema version %d", path, SCHEMA_VERSION)
+        return stored.secret
+    if stored.journal_id is None and facts.journal_id is not None:
+        # The fingerprint matched: an upgrade cut short, or a secret restored from before it.
+        write_secret(secret_path, SecretFile(stored.secret, facts.journal_id))
+    return stored.secret
+
+
+def _write_identity(conn: sqlite3.Connection, secret: SecretFile, ddl: Sequence[str]) -> None:
+    # One transaction: a journal has its schema, fingerprint, id and version, or none of them.
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        # O_EXCL: if another process raced us to it, fail rather than overwrite its secret.
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise JournalError(
-            f"cannot create the journal secret {secret_path}: {exc.strerror}"
-        ) from None
-    _tighten(secret_path)
-    return secret
+        for statement in ddl:
+            conn.execute(statement)
+        conn.executemany(
+            _SET_META,
+            [("fingerprint", fingerprint(secret.secret)), ("journal_id", secret.journal_id)],
+        )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        _rollback(conn)
+        raise
+    conn.execute("COMMIT")
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    problem = integrity_problem(conn, "quick_check")
+    if problem is not None:
+        raise JournalDamagedError(damaged_message(path, problem))
+
+
+def integrity_problem(conn: sqlite3.Connection, pragma: str = "quick_check") -> str | None:
+    """The first problem `PRAGMA quick_check` (or `integrity_check`) finds, or None if ok."""
+    (first,) = conn.execute(f"PRAGMA {pragma}(1)").fetchone()
+    if first == "ok":
+        return None
+    text = " ".join(str(first).replace("*** in database main ***", "").split())
+    return text[:160] or "integrity check failed"
+
+
+def damaged_message(path: Path, detail: str) -> str:
+    """The one line for a journal that fails its integrity check: what to run next."""
+    return (
+        f"the journal {path} is damaged ({detail}); nothing was sent. Run `batch-enricher "
+        f"journal recover --state {shlex.quote(str(path))}` to copy every readable answer into "
+        "a new journal (the damaged one is kept), then rerun: only the answers it could not "
+        "read are asked again"
+    )
+
+
+def _write_check(conn: sqlite3.Connection) -> None:
+    """Prove the journal takes a write before anything is paid for, then undo it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_UPSERT, _PROBE)
+        conn.execute(_SET_META, ("write_check", b"\0"))
+    finally:
+        _rollback(conn)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite may already have rolled back on its own (I/O errors, a full disk): then a second
+    # ROLLBACK would fail and hide the error that matters.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+# The error codes (sqlite3's primary result codes) that decide which message a user sees.
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 3, 8, 11, 13, 26
+
+
+@contextlib.contextmanager
+def _open_errors(path: Path) -> Iterator[None]:
+    """sqlite3 errors while opening → one line that says nothing was sent and what to do."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        detail = str(exc) or type(exc).__name__
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == _SQLITE_CORRUPT:
+            raise JournalDamagedError(damaged_message(path, detail)) from None
+        if code in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_FULL):
+            raise JournalError(
+                f"the journal {path} cannot be written ({detail}); nothing was sent. Make it "
+                f"and its folder {path.parent} writable by this user (or free disk space), or "
+                "use --state to pick another journal"
+            ) from None
+        if code == _SQLITE_NOTADB:
+            raise JournalError(
+                f"cannot open the journal {path}: {detail}; nothing was sent. Use --state to "
+                "pick another path (if it was your journal, it is damaged beyond repair: "
+                "--new-journal sets it aside and starts an empty one)"
+            ) from None
+        raise JournalError(f"cannot open the journal {path}: {detail}; nothing was sent") from None
+
+
+def _blob(value: object) -> bytes | None:
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
 
 
 def _tighten(path: Path) -> bool:
-    """Make `path` mode 0600 if it exists with looser bits; returns whether it exists."""
+    """Take group and other bits off `path` if it exists; returns whether it exists.
+
+    Only ever takes bits away: a journal its owner made read-only stays read-only (and is
+    refused by the write check), rather than silently made writable again.
+    """
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         return False
     except OSError:
         return True
-    if mode != _FILE_MODE:
+    if mode & ~_FILE_MODE:
         # Not our file (another owner): SQLite will still use it; nothing more we can do.
         with contextlib.suppress(OSError):
-            os.chmod(path, _FILE_MODE)
+            os.chmod(path, mode & _FILE_MODE)
     return True
-
-
-def _sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
 
 
 @contextlib.contextmanager
@@ -442,6 +623,12 @@ def _sqlite_errors(path: Path, action: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         detail = str(exc) or type(exc).__name__
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_CORRUPT:
+            raise JournalDamagedError(
+                f"cannot {action} the journal {path}: {detail}; the journal is damaged: run "
+                f"`batch-enricher journal recover --state {shlex.quote(str(path))}` to copy "
+                "every readable answer into a new journal, then rerun"
+            ) from None
         raise JournalError(f"cannot {action} the journal {path}: {detail}") from None
 
 
@@ -469,6 +656,32 @@ def _row(key: bytes, answer: Answer) -> tuple[bytes | str | int | float, ...]:
         answer.queried_at,
         _epoch(answer.queried_at),
     )
+
+
+def select_range_sql(
+    lo: bytes, hi: bytes | None, *, descending: bool = False
+) -> tuple[str, tuple[bytes, ...]]:
+    """SQL and parameters for the stored rows with `lo <= key < hi` (no upper bound when `hi`
+    is None), in key order (or reversed), as `storable_row` takes them."""
+    order = " ORDER BY key DESC" if descending else " ORDER BY key"
+    sql = f"SELECT key, {_COLUMNS} FROM answers WHERE key >= ?"
+    if hi is None:
+        return sql + order, (lo,)
+    return f"{sql} AND key < ?{order}", (lo, hi)
+
+
+def storable_row(raw: Sequence[Any]) -> tuple[bytes | str | int | float, ...] | None:
+    """A row read by `select_range_sql`, checked and ready for `COPY_SQL`; None if it is not a
+    well-formed answer (a damaged page can read back as garbage rather than fail)."""
+    key, status, error_code, *texts = raw
+    if not isinstance(key, bytes) or len(key) != _KEY_BYTES or not isinstance(error_code, int):
+        return None
+    if not isinstance(status, str) or not all(isinstance(text, str) for text in texts):
+        return None
+    try:
+        return _row(key, _answer((status, error_code, *texts)))
+    except (ValueError, TypeError):
+        return None
 
 
 def _answer(row: tuple[Any, ...]) -> Answer:

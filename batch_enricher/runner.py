@@ -99,6 +99,7 @@ class EnrichOptions:
     sheet: str | int | None = None
     encoding: str | None = None
     lock_timeout: float = 5.0
+    new_journal: bool = False  # set the journal and its secret aside, start an empty pair
     band_tables: dict[str, bands_mod.Table] = field(
         default_factory=lambda: dict(bands_mod.DEFAULT_TABLES)
     )
@@ -635,7 +636,9 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
     interrupts = Interrupts(control.stop, progress.note)
     with (
         interrupts.installed(enabled=options.handle_signals),
-        Journal.open(state, lock_timeout=options.lock_timeout) as journal,
+        Journal.open(
+            state, lock_timeout=options.lock_timeout, new_journal=options.new_journal
+        ) as journal,
     ):
         rows = _Rows(journal)
         cutoff = None if options.max_age is None else time.time() - options.max_age

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import sqlite3
 import stat
@@ -14,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from batch_enricher.errors import JournalError, JournalLockedError
+from batch_enricher.errors import (
+    JournalDamagedError,
+    JournalError,
+    JournalLockedError,
+    JournalMismatchError,
+)
 from batch_enricher.journal import Journal, default_state_path
 from batch_enricher.models import Answer, Person, Status
 
@@ -283,7 +290,8 @@ def test_missing_secret_with_stored_answers_is_an_error(db: Path) -> None:
     db.with_name(db.name + ".secret").unlink()
     with pytest.raises(JournalError, match="secret") as err:
         Journal.open(db)
-    assert "start a fresh journal" in str(err.value)
+    assert "--new-journal" in str(err.value)
+    assert "nothing was sent" in str(err.value)
     assert not db.with_name(db.name + ".secret").exists()  # not silently recreated
 
 
@@ -331,3 +339,173 @@ def test_default_state_path_follows_xdg_state_home(
     assert default_state_path().name == "journal.sqlite3"
     assert default_state_path().parent.name == "batch-enricher"
     assert default_state_path().is_absolute()
+
+
+# -- the journal knows its secret (issue 10) ---------------------------------------------------
+
+
+def _secret_of(db: Path) -> Path:
+    return db.with_name(db.name + ".secret")
+
+
+def _meta(db: Path) -> dict[str, bytes]:
+    conn = sqlite3.connect(db)
+    try:
+        return {name: bytes(value) for name, value in conn.execute("SELECT name, value FROM meta")}
+    finally:
+        conn.close()
+
+
+def test_the_database_names_its_secret_without_holding_it(db: Path) -> None:
+    with Journal.open(db) as j:
+        j.put(j.key(ZHANG), OK)
+    raw = _secret_of(db).read_bytes()
+    secret, journal_id = raw[:32], raw[32:]
+    assert len(journal_id) == 16
+    meta = _meta(db)
+    assert set(meta) == {"fingerprint", "journal_id"}, "the write check left nothing behind"
+    label = b"batch-enricher journal fingerprint"
+    assert meta["fingerprint"] == hmac.new(secret, label, hashlib.sha256).digest()
+    assert meta["journal_id"] == journal_id
+    assert secret not in db.read_bytes()
+    with Journal.open(db) as j:
+        assert j.count() == 1
+
+
+def test_a_journal_with_no_answers_whose_secret_is_gone_gets_a_new_one(db: Path) -> None:
+    Journal.open(db).close()
+    old = _secret_of(db).read_bytes()
+    _secret_of(db).unlink()
+    with Journal.open(db) as j:
+        j.put(j.key(ZHANG), OK)
+    new = _secret_of(db).read_bytes()
+    assert new != old
+    assert _meta(db)["journal_id"] == new[32:]
+    with Journal.open(db) as j:  # and the pair is consistent from then on
+        assert j.get(j.key(ZHANG)) == OK
+
+
+def test_an_old_journal_beside_a_newer_secret_is_refused(db: Path) -> None:
+    with Journal.open(db) as j:
+        j.put(j.key(ZHANG), OK)
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE meta")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.raises(JournalMismatchError, match=r"old \(version 1\) journal") as err:
+        Journal.open(db)
+    assert "--new-journal" in str(err.value)
+
+
+def test_an_upgrade_cut_short_is_completed(db: Path) -> None:
+    """The database was bound, the crash came before the secret file got the journal id."""
+    with Journal.open(db) as j:
+        j.put(j.key(ZHANG), OK)
+    secret = _secret_of(db).read_bytes()
+    _secret_of(db).write_bytes(secret[:32])
+    with Journal.open(db) as j:
+        assert j.get(j.key(ZHANG)) == OK
+    assert _secret_of(db).read_bytes() == secret
+
+
+def test_the_secret_of_another_journal_with_the_same_key_is_refused(
+    db: Path, tmp_path: Path
+) -> None:
+    Journal.open(db).close()
+    twin = tmp_path / "twin" / "journal.sqlite3"
+    twin.parent.mkdir()
+    Journal.open(twin).close()
+    # The twin is bound to db's secret but has its own journal id: put beside db's secret
+    # file, it is a journal swapped for another that merely shares the key.
+    conn = sqlite3.connect(twin)
+    conn.execute(
+        "UPDATE meta SET value = ? WHERE name = 'fingerprint'", (_meta(db)["fingerprint"],)
+    )
+    conn.commit()
+    conn.close()
+    _secret_of(twin).write_bytes(_secret_of(db).read_bytes())
+    with pytest.raises(JournalMismatchError, match="replaced by another journal"):
+        Journal.open(twin)
+
+
+def test_a_symlink_opens_the_real_journal_under_one_lock(db: Path, tmp_path: Path) -> None:
+    Journal.open(db).close()
+    link = tmp_path / "link.sqlite3"
+    link.symlink_to(db)
+    with Journal.open(link) as j:
+        assert j.path == db.resolve()
+        with pytest.raises(JournalLockedError):
+            Journal.open(db, lock_timeout=0)
+    assert not _secret_of(link).exists()
+    assert not link.with_name(link.name + ".lock").exists()
+
+
+def test_a_secret_named_after_the_link_is_pointed_at(db: Path, tmp_path: Path) -> None:
+    """Earlier versions put the secret beside the path as typed, a symlink included."""
+    with Journal.open(db) as j:
+        j.put(j.key(ZHANG), OK)
+    link = tmp_path / "link.sqlite3"
+    link.symlink_to(db)
+    _secret_of(db).rename(_secret_of(link))
+    with pytest.raises(JournalMismatchError, match="named after the link") as err:
+        Journal.open(link)
+    assert f"Move it to {_secret_of(db)}" in str(err.value)
+    _secret_of(link).rename(_secret_of(db))
+    with Journal.open(link) as j:
+        assert j.get(j.key(ZHANG)) == OK
+
+
+def test_new_journal_sets_everything_aside_even_answers_only_in_the_wal(db: Path) -> None:
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from batch_enricher.journal import Journal\n"
+        "from batch_enricher.models import Answer, Person, Status\n"
+        "j = Journal.open(Path(sys.argv[1]))\n"
+        "p = Person('张三丰', '11010119900307803X', '13812345678')\n"
+        "j.put(j.key(p), Answer(Status.OK, 0, '成功', 'PAID1', '16', '25', '60',\n"
+        "      '2024-05-01T10:00:00+08:00'))\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(db)], check=True, timeout=30, env=_ENV)
+    assert db.with_name(db.name + "-wal").stat().st_size > 0
+
+    with Journal.open(db, new_journal=True) as j:
+        assert j.count() == 0
+        assert j.get(j.key(ZHANG)) is None
+
+    (aside,) = [
+        p for p in db.parent.iterdir() if p.name.endswith(".secret") and ".aside-" in p.name
+    ]
+    old = aside.with_name(aside.name.removesuffix(".secret"))
+    with Journal.open(old) as j:  # the pair set aside is whole, its -wal included
+        got = j.get(j.key(ZHANG))
+    assert got is not None and got.orderid == "PAID1"
+
+
+def test_new_journal_where_there_is_none_just_creates_one(db: Path) -> None:
+    with Journal.open(db, new_journal=True) as j:
+        assert j.count() == 0
+    assert sorted(p.name for p in db.parent.iterdir()) == [
+        "journal.sqlite3",
+        "journal.sqlite3.lock",
+        "journal.sqlite3.secret",
+    ]
+
+
+def test_a_damaged_journal_is_refused_with_the_way_out(db: Path) -> None:
+    with Journal.open(db) as j:
+        j.put_many(
+            (j.key(Person("王五", f"1101011990030{i:05d}", f"139{i:08d}")), OK) for i in range(400)
+        )
+    size = db.stat().st_size
+    with db.open("r+b") as fh:  # garble everything after the first (schema) page
+        fh.seek(4096)
+        fh.write(b"\xff" * (size - 4096))
+    with pytest.raises(JournalDamagedError) as err:
+        Journal.open(db)
+    message = str(err.value)
+    assert "is damaged" in message and "nothing was sent" in message
+    assert f"batch-enricher journal recover --state {db}" in message
+    assert "\n" not in message
