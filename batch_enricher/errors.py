@@ -8,6 +8,7 @@
     ├── ConfigError                  exit 1: bad settings, no key
     ├── JournalError                 exit 1: the journal cannot be opened
     │   └── JournalLockedError       another run holds the journal
+    ├── ScratchError                 exit 1: the run's scratch store (spill.py) failed
     └── ApiError                     one reply that is not a plain answer
         ├── TransientApiError        worth retrying: 10011, 10012, 10014, 281504, 429/5xx,
         │   │                        timeouts, connection errors, undecodable replies
@@ -53,6 +54,10 @@ class JournalError(EnricherError):
 
 class JournalLockedError(JournalError):
     """Another run is using the same journal."""
+
+
+class ScratchError(EnricherError):
+    """The run's private scratch database (its people, off the heap) cannot be used."""
 
 
 class ApiError(EnricherError):
