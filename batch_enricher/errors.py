@@ -11,6 +11,7 @@
     │   ├── JournalMismatchError     journal and secret do not belong together (missing,
     │   │                            emptied or swapped): put it back or --new-journal
     │   └── JournalDamagedError      fails its integrity check: `journal recover`
+    ├── ScratchError                 exit 1: the run's scratch store (spill.py) failed
     └── ApiError                     one reply that is not a plain answer
         ├── TransientApiError        worth retrying: 10011, 10012, 10014, 281504, 429/5xx,
         │   │                        timeouts, connection errors, undecodable replies
@@ -68,6 +69,10 @@ class JournalMismatchError(JournalError):
 
 class JournalDamagedError(JournalError):
     """The journal fails its integrity check; `batch-enricher journal recover` saves what it can."""
+
+
+class ScratchError(EnricherError):
+    """The run's private scratch database (its people, off the heap) cannot be used."""
 
 
 class ApiError(EnricherError):

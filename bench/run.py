@@ -1,4 +1,4 @@
-"""Benchmark of batch-enricher against the targets of issue 7; prints one table.
+"""Benchmark of batch-enricher against the targets of issues 7 and 10; prints one table.
 
 Run `python bench/run.py` (or `make bench`). The project's API emulator runs in its own process
 on 127.0.0.1 (so its CPU never counts against, or competes inside, the client being measured),
@@ -14,6 +14,9 @@ and peak RSS, nothing else's):
     journal first), peak RSS and wall time, against pandas read_csv + to_csv of the same file.
 (d) a naive client: one blocking request at a time, a new connection each, as typical Juhe
     sample code does.
+(e) planning memory (issue 10), opt-in with `--planning`: peak RSS of `enrich --dry-run` with a
+    fresh journal over 5,000,000 distinct people (`--planning-people`), and over a tenth of them
+    for the ratio. No server is needed: a dry run sends nothing. Several minutes.
 
 Generated files live under bench/_work/ (git-ignored), recreated on every run. The people are
 fictional, with valid check digits (the same scheme as tests/conftest.py, copied here).
@@ -50,6 +53,8 @@ WALL_OVER_IDEAL_MAX = 1.10
 CPU_RATIO_MAX = 1.5
 RSS_RATIO_MAX = 1.3
 PANDAS_RATIO_MAX = 4.0
+# Target of issue 10.
+PLANNING_RSS_MAX_MB = 300
 
 # --- fictional people (the scheme of tests/conftest.py `person(i)`) ----------------------------
 
@@ -99,6 +104,37 @@ def write_input(path: Path, rows: int, distinct: int) -> Path:
         out = csv.writer(fh)
         out.writerow(HEADER)
         out.writerows((f"C{r:08d}", *people[r % distinct]) for r in range(rows))
+    return path
+
+
+def write_distinct(path: Path, people: int) -> Path:
+    """A UTF-8 CSV of `people` rows, every one a different person (unique ID and mobile).
+
+    The i-th ID is region, birth date and sequence number drawn from i (1,000 people per
+    region and day, from 1970 on), with its ISO 7064 check digit: the sum of the first 14
+    digits is worked out once per day, so the loop stays tight (~1 s per million rows).
+    """
+    import datetime as dt
+
+    first = dt.date(1970, 1, 1).toordinal()
+    tail_weights = _WEIGHTS[14:]
+    names = [s + g for g in _GIVEN for s in _SURNAMES]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(HEADER)
+        for day in range((people + 999) // 1000):
+            born = dt.date.fromordinal(first + day // 5).strftime("%Y%m%d")
+            prefix = _REGIONS[day % 5] + born
+            head = sum(int(d) * w for d, w in zip(prefix, _WEIGHTS, strict=False))
+            rows = []
+            for seq in range(min(1000, people - day * 1000)):
+                i = day * 1000 + seq
+                digits = f"{seq:03d}"
+                total = head + sum(int(d) * w for d, w in zip(digits, tail_weights, strict=True))
+                idcard = prefix + digits + "10X98765432"[total % 11]
+                mobile = "1" + str(3 + i % 7) + f"{i:09d}"
+                rows.append((f"C{i:08d}", names[i % len(names)], idcard, mobile))
+            out.writerows(rows)
     return path
 
 
@@ -377,12 +413,18 @@ def _summary(out: Path) -> dict[str, Any]:
 
 
 def bench(args: argparse.Namespace) -> None:
-    """Run parts (a)-(d) and print the table."""
+    """Run parts (a)-(d), or (e) alone with --planning, and print the table."""
     started = time.perf_counter()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     env = child_env()
     table = Table()
+    if args.planning:
+        _planning(env, table, args.planning_people)
+        print(table.render())
+        print(f"\nmachine: {machine()}")
+        print(f"bench took {time.perf_counter() - started:.0f} s")
+        return
     server = Server(qps_limit=args.qps, latency_ms=args.latency_ms)
     try:
         _pacing_and_cpu(server, env, table, args)
@@ -532,6 +574,40 @@ def _scale(server: Server, env: dict[str, str], table: Table, distinct: int, row
     )
 
 
+def _planning(env: dict[str, str], table: Table, people: int) -> None:
+    """(e) Peak RSS of planning (a dry run, fresh journal) at `people` and a tenth of them."""
+    measured: dict[int, Child] = {}
+    for count in (people // 10, people):
+        made = time.perf_counter()
+        src = write_distinct(WORK / f"distinct_{count}.csv", count)
+        made_s = time.perf_counter() - made
+        out = WORK / f"distinct_{count}.summary.json"
+        argv = [sys.executable, "-m", "batch_enricher", "enrich", str(src), "--dry-run"]
+        argv += ["--state", str(WORK / f"distinct_{count}.sqlite3"), "--summary-json", str(out)]
+        run = run_child([*argv, "-q"], env)
+        if run.returncode != 0:
+            raise RuntimeError("the planning run failed")
+        doc = json.loads(out.read_text(encoding="utf-8"))
+        if doc.get("identities") != count:
+            raise RuntimeError(f"planned {doc.get('identities')} people, not {count}")
+        measured[count] = run
+        table.add(
+            "(e)",
+            f"enrich --dry-run, {count:,} distinct people, fresh journal",
+            f"{run.maxrss_mb:.0f} MB peak RSS, {run.wall:.0f} s wall, {run.cpu:.0f} s CPU "
+            f"(input written in {made_s:.0f} s)",
+            f"<= {PLANNING_RSS_MAX_MB} MB" if count == people else "",
+            run.maxrss_mb <= PLANNING_RSS_MAX_MB if count == people else None,
+        )
+        src.unlink()
+    small, big = measured[people // 10], measured[people]
+    table.add(
+        "(e)",
+        f"peak RSS of planning, {people:,} / {people // 10:,} people",
+        f"{big.maxrss_mb / small.maxrss_mb:.2f}x",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """`python bench/run.py [options]`; the --serve/--bare/--pandas modes are its own children."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -543,6 +619,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--naive", type=int, default=60, help="calls of the naive client")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the big file (c)")
     parser.add_argument("--distinct", type=int, default=200, help="people in the (c) files")
+    parser.add_argument(
+        "--planning",
+        action="store_true",
+        help="run only (e): planning memory at --planning-people distinct people (minutes)",
+    )
+    parser.add_argument("--planning-people", type=int, default=5_000_000)
     parser.add_argument("--serve", nargs=2, type=float, help=argparse.SUPPRESS)
     parser.add_argument("--bare", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--pandas", nargs=2, help=argparse.SUPPRESS)

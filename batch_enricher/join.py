@@ -1,0 +1,223 @@
+"""The write pass: a second read of each input joins every row with its person's result.
+
+Results come from the journal (this run's answers by key, earlier ones by the planning cutoff)
+and from the spill (who failed in this run); every row goes out with its 11 result columns,
+written atomically.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from batch_enricher import bands as bands_mod
+from batch_enricher.columns import RESULT_COLUMNS
+from batch_enricher.interrupts import Interrupts
+from batch_enricher.journal import Journal
+from batch_enricher.models import Answer, Invalid, Outcome, Status
+from batch_enricher.plan import LOOKUP_BATCH, MEMO_SIZE, Input, Rows
+from batch_enricher.reader import Cell
+from batch_enricher.spill import Spill
+from batch_enricher.summary import FileSummary
+from batch_enricher.writer import SummarySheet, open_writer
+
+if TYPE_CHECKING:
+    from batch_enricher.runner import EnrichOptions
+
+
+@dataclass
+class Join:
+    """What the second pass knows for joining rows with their answers."""
+
+    rows: Rows
+    journal: Journal
+    cutoff: float | None  # for answers from earlier runs: planning's --max-age cutoff
+    spill: Spill  # whom this run answered (their answer, whatever the clock says), who failed
+    skip_reason: str
+    tables: dict[str, bands_mod.Table]
+
+
+def _result_cells(
+    status: Status,
+    answer: Answer | None,
+    invalid: Invalid | None,
+    outcome: Outcome | None,
+    skip_reason: str,
+    tables: dict[str, bands_mod.Table],
+) -> list[Cell]:
+    """The 11 appended cells, in `RESULT_COLUMNS` order."""
+    cells: list[Cell] = [status.value] + [None] * 10
+    if answer is not None:
+        cells[10] = answer.queried_at
+        if answer.status is Status.OK:
+            cells[3] = answer.orderid
+            raws = (answer.range, answer.history, answer.stability)
+            for i, (model, raw) in enumerate(zip(bands_mod.MODELS, raws, strict=True)):
+                cells[4 + 2 * i] = _number(raw)
+                cells[5 + 2 * i] = bands_mod.band(model, raw, tables)
+        else:
+            cells[1], cells[2] = answer.error_code, answer.reason
+    elif invalid is not None:
+        cells[1], cells[2] = invalid.error_code, invalid.reason
+    elif outcome is not None:
+        cells[1], cells[2] = outcome.error_code, outcome.reason
+    else:
+        cells[2] = skip_reason
+    return cells
+
+
+def _number(raw: str) -> Cell:
+    return int(raw) if raw.isdecimal() and raw.isascii() else raw
+
+
+_Tail = TypeVar("_Tail")
+_NO_BANDS: tuple[str, ...] = ()
+
+
+class _Result(Generic[_Tail]):
+    """One person's result in the write pass, and how many rows it has been written to."""
+
+    __slots__ = ("bands", "rows", "status", "tail")
+
+    def __init__(self, status: Status, tail: _Tail, bands: tuple[str, ...]) -> None:
+        self.status, self.tail, self.bands, self.rows = status, tail, bands, 0
+
+
+def joined(
+    item: Input, join: Join, make_tail: Callable[[list[Cell]], _Tail]
+) -> Iterator[tuple[Sequence[Cell], _Tail]]:
+    """Each row of `item` (its kept cells) with its result, counted into its FileSummary.
+
+    A person's result is the same on every row, so it is worked out and prepared for the
+    writer (`make_tail`) once per person, not once per row, and rows are counted per person
+    and added up at the end: on a big file with few people the per-row work is the cost.
+    """
+    source, columns, keep = item.source, item.columns, item.keep
+    fs = item.summary
+    width = len(source.headers)
+    whole = keep == list(range(width))  # no earlier result columns to drop
+    memo, resolve = join.rows.memo, join.rows
+    n_at, i_at, m_at = columns.realname, columns.idcard, columns.mobile
+    per_person: dict[bytes, _Result[_Tail]] = {}
+    try:
+        for chunk in _chunks(source.rows(), LOOKUP_BATCH):
+            checked = [
+                (memo.get((row[n_at], row[i_at], row[m_at])) if len(row) == width else None)
+                or resolve(row, columns, width)
+                for row in chunk
+            ]
+            if len(per_person) > MEMO_SIZE:
+                _count(per_person.values(), fs)
+                per_person.clear()
+            missing = {k for _, k in checked if k is not None and k not in per_person}
+            answers, outcomes = _answers(join, missing) if missing else ({}, {})
+            for row, (verdict, key) in zip(chunk, checked, strict=True):
+                if key is None:
+                    assert isinstance(verdict, Invalid)
+                    cells = _result_cells(Status.INVALID, None, verdict, None, "", join.tables)
+                    fs.statuses[Status.INVALID] += 1
+                    fs.rows += 1
+                    tail = make_tail(cells)
+                else:
+                    result = per_person.get(key)
+                    if result is None:
+                        result = per_person[key] = _person_result(
+                            answers.get(key), outcomes.get(key), join, make_tail
+                        )
+                    result.rows += 1
+                    tail = result.tail
+                if whole and len(row) == width:
+                    yield row, tail
+                else:
+                    yield [row[i] if i < len(row) else None for i in keep], tail
+    finally:
+        _count(per_person.values(), fs)
+
+
+def _answers(join: Join, keys: set[bytes]) -> tuple[dict[bytes, Answer], dict[bytes, Outcome]]:
+    """Journal answers for `keys` (this run's own whatever their time, earlier ones by the
+    cutoff), and this run's outcomes for those it failed.
+
+    The cutoff alone would hide an answer paid for in this run whenever its `queried_at` (to
+    the second, from the wall clock) falls before the cutoff: in the run's first second with
+    --max-age 0, or after the clock was stepped back. Its row would come out `skipped` and the
+    rerun would pay for it again.
+    """
+    fresh, outcomes = join.spill.this_run(keys)
+    found = join.journal.get_many(keys - fresh, newer_than=join.cutoff) if keys - fresh else {}
+    if fresh:
+        found.update(join.journal.get_many(fresh))
+    return found, outcomes
+
+
+def _count(results: Iterable[_Result[_Tail]], fs: FileSummary) -> None:
+    """Add people's rows to the file's status and band counts."""
+    for result in results:
+        fs.rows += result.rows
+        fs.statuses[result.status] += result.rows
+        for model, band in zip(bands_mod.MODELS, result.bands, strict=False):
+            fs.bands.setdefault(model, Counter())[band] += result.rows
+        result.rows = 0
+
+
+def _person_result(
+    answer: Answer | None,
+    outcome: Outcome | None,
+    join: Join,
+    make_tail: Callable[[list[Cell]], _Tail],
+) -> _Result[_Tail]:
+    if answer is not None:
+        status, outcome = answer.status, None
+    else:
+        status = outcome.status if outcome is not None else Status.SKIPPED
+    cells = _result_cells(status, answer, None, outcome, join.skip_reason, join.tables)
+    bands = tuple(str(cells[pos]) for pos in (5, 7, 9)) if status is Status.OK else _NO_BANDS
+    return _Result(status, make_tail(cells), bands)
+
+
+def write(
+    item: Input,
+    join: Join,
+    options: EnrichOptions,
+    make_sheet: Callable[[FileSummary], SummarySheet],
+    interrupts: Interrupts,
+) -> None:
+    """The second pass over one input: every row, its result, written atomically."""
+    source, columns, keep = item.source, item.columns, item.keep
+    headers = [source.headers[i] for i in keep] + list(RESULT_COLUMNS[options.headers])
+    out_index = {orig: pos for pos, orig in enumerate(keep)}
+    text_columns = {out_index[i] for i in (columns.idcard, columns.mobile) if i in out_index}
+    with (
+        open_writer(
+            item.output,
+            headers,
+            text_columns=text_columns,
+            status_column=len(keep),
+            escape_formulas=options.escape_formulas,
+        ) as writer,
+        interrupts.cleanup(writer.abort),
+    ):
+        write_row = writer.write_row
+        for original, tail in joined(item, join, writer.tail):
+            write_row(original, tail)
+        writer.commit(make_sheet(item.summary))
+
+
+def count_only(item: Input, join: Join) -> None:
+    """The dry run's pass: count each row's status into the file's summary, write nothing."""
+    for _ in joined(item, join, _no_tail):
+        pass
+
+
+def _no_tail(cells: list[Cell]) -> None:
+    """The dry run's stand-in for `Writer.tail`: nothing is written."""
+
+
+def _chunks(rows: Iterable[list[Cell]], size: int) -> Iterator[list[list[Cell]]]:
+    """Lists of up to `size` rows (islice does the batching in C)."""
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
