@@ -372,7 +372,13 @@ def _soffice(convert_to: str, src: Path, outdir: Path) -> None:
 # --- the sheet XML as other writers write it -------------------------------------------------
 
 
-def _package(path: Path, sheet_xml: str, *, extra_sheets: Sequence[str] = ()) -> Path:
+def _package(
+    path: Path,
+    sheet_xml: str,
+    *,
+    extra_sheets: Sequence[str] = (),
+    shared_strings: Sequence[str] = (),
+) -> Path:
     """A minimal package holding `sheet_xml` as sheet "Data" (after `extra_sheets`)."""
     titles = [*extra_sheets, "Data"]
     sheets = "".join(
@@ -417,6 +423,22 @@ def _package(path: Path, sheet_xml: str, *, extra_sheets: Sequence[str] = ()) ->
         },
         f"xl/worksheets/sheet{len(titles)}.xml": sheet_xml,
     }
+    if shared_strings:
+        items = "".join(f"<si><t>{text}</t></si>" for text in shared_strings)
+        parts["xl/sharedStrings.xml"] = (
+            f'<sst xmlns="{MAIN}" count="{len(shared_strings)}" '
+            f'uniqueCount="{len(shared_strings)}">{items}</sst>'
+        )
+        parts["xl/_rels/workbook.xml.rels"] = parts["xl/_rels/workbook.xml.rels"].replace(
+            "</Relationships>",
+            '<Relationship Id="rId99" Type="http://schemas.openxmlformats.org/officeDocument/'
+            '2006/relationships/sharedStrings" Target="sharedStrings.xml"/></Relationships>',
+        )
+        parts["[Content_Types].xml"] = parts["[Content_Types].xml"].replace(
+            "</Types>",
+            '<Override PartName="/xl/sharedStrings.xml" ContentType="application/'
+            'vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>',
+        )
     _write_parts(path, {name: text.encode() for name, text in parts.items()})
     return path
 
@@ -896,3 +918,25 @@ def test_a_corrupt_sheet_stream_is_an_input_error(tmp_path: Path) -> None:
     src.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"in\.xlsx"):
         _patch(src, tmp_path / "out.xlsx", [], sheet="Data", header_row=1, first_col=2)
+
+
+def test_a_shared_strings_workbook_keeps_its_string_table(tmp_path: Path) -> None:
+    # What Excel writes: every text cell an index into xl/sharedStrings.xml.
+    sheet = (
+        f'<worksheet xmlns="{MAIN}"><sheetData>'
+        '<row r="1" spans="1:2"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c></row>'
+        '<row r="2" spans="1:2"><c r="A2" t="s"><v>2</v></c><c r="B2" t="s"><v>3</v></c></row>'
+        "</sheetData></worksheet>"
+    )
+    src = _package(
+        tmp_path / "in.xlsx", sheet, shared_strings=["姓名", "手机号", "张三", "13812345678"]
+    )
+    out = tmp_path / "out.xlsx"
+    patch_workbook(
+        src, out, sheet="Data", header_row=1, first_col=3, headers=["status"], results=[(2, ["ok"])]
+    )
+    assert _parts(out)["xl/sharedStrings.xml"] == _parts(src)["xl/sharedStrings.xml"]
+    assert _values(out) == [["姓名", "手机号", "status"], ["张三", "13812345678", "ok"]]
+    rows = CalamineWorkbook.from_path(str(out)).get_sheet_by_name("Data").to_python()
+    assert rows == [["姓名", "手机号", "status"], ["张三", "13812345678", "ok"]]
+    assert "spans" not in _parts(out)["xl/worksheets/sheet1.xml"].decode()  # hints now wrong
