@@ -2,8 +2,10 @@
 
 `patch_workbook` (and `PatchWriter`, the same as a `Writer`) writes a copy of an `.xlsx`/`.xlsm`
 workbook in which the enriched sheet has the result columns appended and a Summary sheet is
-added; nothing else changes. Every part of the package except the ones that must change is
-copied byte for byte (other sheets, shared strings, themes, drawings, macros). The enriched
+added; nothing else changes. Every entry of the package except the ones that must change is
+copied as it is, compressed bytes and all (other sheets, shared strings, themes, drawings,
+macros), and the entries keep their order, so tools that identify a file by its first entries
+see the output as they saw the input. The enriched
 sheet's XML is streamed through `SheetRewriter`, which appends cells to rows and leaves
 every other byte as it was: values, number formats, dates, fonts, fills, merged cells,
 column widths, freeze panes, data validation, conditional formats, formulas and their cached
@@ -11,10 +13,11 @@ values. The small parts that must change (styles.xml, workbook.xml and its .rels
 [Content_Types].xml, docProps/app.xml) are edited in place, not re-serialised.
 
 Memory is bounded: one buffer of rows of the sheet, the first rows' results (for the column
-widths), and a cache of rendered results per distinct person. Result cells are inline
-strings (so shared strings are never rewritten), typed and styled as the XLSX writer does.
-The zip entries that change come after the others in the output; readers go by the zip's
-central directory, which does not care about order.
+widths), and caches of rendered results. The rewritten sheet is deflated as it streams into
+an anonymous temp file beside the output (mode 0600, gone when closed, about 13 MB per
+100,000 rows); the archive is assembled from it, the input and the edited parts at the end.
+Result cells are inline strings (so shared strings are never rewritten), typed and styled as
+the XLSX writer does.
 
 Rows are addressed by their 1-based sheet row numbers, in increasing order; a row that is not
 in the XML (Excel leaves blank rows out) is created at its place; rows with no results are
@@ -27,7 +30,6 @@ import contextlib
 import os
 import posixpath
 import re
-import shutil
 import zipfile
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -62,14 +64,12 @@ from batch_enricher.xlsx_package import (
     summary_parts,
     workbook_with,
 )
-from batch_enricher.xlsx_sheet import SheetRewriter
+from batch_enricher.xlsx_sheet import Filter, SheetRewriter
+from batch_enricher.zip_writer import DeflateSpool, ZipWriter
 
 #: Excel's limits: columns (XFD) and rows.
 _MAX_COLUMN: Final = 16384
 _MAX_ROW: Final = 1_048_576
-#: Above this input size, the rewritten sheet may pass 4 GiB once compressed: use Zip64.
-_ZIP64_ABOVE: Final = 512 << 20
-_COPY_BUFFER: Final = 1 << 20
 #: zlib level of the rewritten sheet. On a 100,000-row sheet (82 MB of XML) level 2 takes
 #: 0.4 s for 13.4 MB, the default 6 takes 1.7 s for 11.3 MB.
 _SHEET_COMPRESSION: Final = 2
@@ -109,6 +109,7 @@ def patch_workbook(
         patcher = _Patcher(
             src,
             stream,
+            spool_dir=dst.parent,
             sheet=sheet,
             header_row=header_row,
             first_col=first_col,
@@ -211,6 +212,7 @@ def open_patch_writer(
         patcher = _Patcher(
             source,
             stream,
+            spool_dir=target.parent,
             sheet=sheet,
             header_row=header_row,
             first_col=first_col,
@@ -229,13 +231,14 @@ def open_patch_writer(
 
 
 class _Patcher:
-    """The patch in progress: unchanged parts copied, the sheet streaming, the rest at `finish`."""
+    """The patch in progress: the sheet streaming into a spool, the archive written at `finish`."""
 
     def __init__(
         self,
         src: Path,
         stream: IO[bytes],
         *,
+        spool_dir: Path,
         sheet: str,
         header_row: int,
         first_col: int,
@@ -254,58 +257,38 @@ class _Patcher:
             )
         self.header_row = header_row
         self._last_row = header_row  # results come for rows below the header, in order
-        self._src = src
+        self._src, self._out = src, stream
         self._first_col, self._width = first_col, width
         self._headers = list(headers)
         self._text_columns, self._status_column = text_columns, status_column
+        self._macro_enabled = macro_enabled
         self._pending: list[tuple[int, tuple[Cell, ...]]] | None = []
         self._renderer: CellRenderer | None = None
-        self._zin: zipfile.ZipFile | None = None
-        self._zout: zipfile.ZipFile | None = None
         self._sheet_in: IO[bytes] | None = None
-        self._sheet_out: IO[bytes] | None = None
+        self._spool: DeflateSpool | None = None
         try:
-            self._zin = zipfile.ZipFile(src)
+            self._zin: zipfile.ZipFile | None = zipfile.ZipFile(src)
         except OSError as exc:
             raise InputError(f"cannot read {src}: {exc.strerror or exc}") from exc
         except zipfile.BadZipFile:
             raise InputError(f"{src.name} is not a valid .xlsx workbook (not a zip file)") from None
         try:
-            self._open(sheet, stream, macro_enabled)
+            with self._reading():
+                self._package = package = read_package(self._zin, sheet)
+                styles = self._zin.read(package.styles) if package.styles else None
+                self._styles_xml, self._styles = add_styles(styles)
+                self._sheet_in = self._zin.open(package.sheet_part)
+            self._spool = DeflateSpool(spool_dir, _SHEET_COMPRESSION)
+            self._sheet = SheetRewriter(
+                self._sheet_in,
+                self._spool.write,
+                header_row=header_row,
+                first_col=first_col,
+                width=width,
+            )
         except BaseException:
             self.close()
             raise
-
-    def _open(self, sheet: str, stream: IO[bytes], macro_enabled: bool | None) -> None:
-        """Read the package, copy what does not change and start the sheet's entry."""
-        assert self._zin is not None
-        with self._reading():
-            self._package = package = read_package(self._zin, sheet)
-            styles = self._zin.read(package.styles) if package.styles else None
-            self._styles_xml, self._styles = add_styles(styles)
-            self._drop = self._dropped_parts(macro_enabled)
-            self._macro_enabled = macro_enabled
-            self._zout = zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED)
-            edited = {CONTENT_TYPES.lower(), package.workbook, package.workbook_rels}
-            edited |= {name for name in (package.styles, package.app) if name}
-            skip = {name.lower() for name in edited} | self._drop | {package.sheet_part.lower()}
-            for info in self._zin.infolist():
-                if info.filename.lower() not in skip:
-                    self._copy(info)
-            original = self._zin.getinfo(package.sheet_part)
-            self._sheet_in = self._zin.open(original)
-            self._sheet_out = self._zout.open(
-                _entry(package.sheet_part, original, level=_SHEET_COMPRESSION),
-                "w",
-                force_zip64=original.file_size > _ZIP64_ABOVE,
-            )
-            self._sheet = SheetRewriter(
-                self._sheet_in,
-                self._sheet_out,
-                header_row=self.header_row,
-                first_col=self._first_col,
-                width=self._width,
-            )
 
     def add(self, row: int, cells: Sequence[Cell]) -> None:
         """Queue or write one row's result cells."""
@@ -322,96 +305,46 @@ class _Patcher:
         assert self._renderer is not None
         try:  # not `with self._reading()`: this runs once per row, and a try costs nothing
             self._sheet.add(row, self._renderer.row(cells))
-        except (InputError, zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError):
+        except _READ_ERRORS:
             with self._reading():
                 raise
 
     def finish(self, summary: SummarySheet | None) -> None:
-        """Write the rest of the sheet and the edited and new parts; close the package."""
+        """Write the archive: the input's entries in their order, edited or copied, then ours."""
         if self._pending is not None:
             self._start()
         with self._reading():
             found = self._sheet.finish()
-        assert self._sheet_out is not None and self._zin is not None and self._zout is not None
-        self._sheet_out.close()
+        assert self._zin is not None and self._spool is not None
+        self._spool.finish()
         package, zin = self._package, self._zin
-        new_parts: list[NewPart] = []
-        rel_additions: list[tuple[str, str, str]] = []
-        rels_xml = zin.read(package.workbook_rels)
-        workbook_dir = posixpath.dirname(package.workbook)
-        styles_name = package.styles
-        if styles_name is None:  # a workbook without styles: ours become its styles part
-            # openpyxl looks for xl/styles.xml by name, whatever the relationships say
-            styles_name = posixpath.join(workbook_dir, "styles.xml")
-            if styles_name.lower() in package.names:
-                _, styles_name = free_part(
-                    package.names, posixpath.join(workbook_dir, "styles{}.xml")
-                )
-            new_parts.append(NewPart(styles_name, self._styles_xml, STYLES_TYPE))
-            rel_additions.append(
-                (
-                    free_id(rels_xml),
-                    f"{package.rel_base}/styles",
-                    posixpath.relpath(styles_name, workbook_dir),
-                )
-            )
-        else:
-            self._write(styles_name, self._styles_xml)
-        new_sheet = None
-        if summary is not None:
-            title = free_title(package.sheet_titles, summary.title)
-            _, part = free_part(package.names, "xl/worksheets/sheet{}.xml")
-            parts = summary_parts(
-                summary, package=package, title=title, sheet_name=part, styles=self._styles
-            )
-            new_parts += parts
-            rid = free_id(rels_xml, [rid for rid, _, _ in rel_additions])
-            rel_additions.append(
-                (rid, f"{package.rel_base}/worksheet", posixpath.relpath(part, workbook_dir))
-            )
-            new_sheet = (title, _next_sheet_id(zin.read(package.workbook)), rid)
-        filter_name = None
-        if found is not None:
-            filter_name = (package.sheet_position, package.sheet_title, found.ref)
-        self._write(
-            package.workbook,
-            workbook_with(
-                zin.read(package.workbook),
-                rel_ns=package.rel_base,
-                new_sheet=new_sheet,
-                filter_name=filter_name,
-            ),
-        )
-        dropped = self._drop
-        if dropped:
-            rels_xml = rels_without(rels_xml, dropped, package.workbook.lower())
-        if rel_additions:
-            rels_xml = rels_with(rels_xml, rel_additions)
-        self._write(package.workbook_rels, rels_xml)
-        for new_part in new_parts:
-            self._write(new_part.name, new_part.data)
-        content_types = content_types_with(
-            zin.read(package.names[CONTENT_TYPES.lower()]),
-            [(p.name, p.content_type) for p in new_parts if p.content_type is not None],
-            without=dropped,
-        )
-        self._write(CONTENT_TYPES, _with_workbook_type(content_types, self._macro_enabled))
-        if package.app is not None:
-            app = zin.read(package.app)
-            if new_sheet is not None:
-                app = app_with(app, package.sheet_title, new_sheet[0])
-            self._write(package.app, app)
-        self._zout.close()  # writes the central directory: its errors must reach the caller
-        self._zout = None
+        edited, new_parts = self._edited_parts(summary, found)
+        dropped = self._dropped_parts()
+        out = ZipWriter(self._out)
+        with self._reading():
+            for info in zin.infolist():
+                name = info.filename.lower()
+                if name in dropped:
+                    continue
+                if info.filename == package.sheet_part:
+                    out.add_spool(info.filename, self._spool, info)
+                elif name in edited:
+                    out.add_bytes(info.filename, edited[name], info)
+                else:
+                    out.add_copy(zin, info)
+            like = zin.getinfo(package.workbook)
+            for part in new_parts:
+                out.add_bytes(part.name, part.data, like)
+        out.close()
         self.close()
 
     def close(self) -> None:
-        """Close the package streams (after `finish`, or to give up)."""
-        for handle in (self._sheet_in, self._sheet_out, self._zout, self._zin):
+        """Release the input and the spool (after `finish`, or to give up)."""
+        for handle in (self._sheet_in, self._spool, self._zin):
             if handle is not None:
-                with contextlib.suppress(Exception):  # giving up: a failed close changes nothing
+                with contextlib.suppress(Exception):  # a failed close of a reader changes nothing
                     handle.close()
-        self._sheet_in = self._sheet_out = self._zout = self._zin = None
+        self._sheet_in = self._spool = self._zin = None
 
     def _start(self) -> None:
         """Size the new columns from the first rows, then write the head and those rows."""
@@ -432,25 +365,69 @@ class _Patcher:
             for row, cells in pending:
                 self._sheet.add(row, renderer.row(cells))
 
-    def _dropped_parts(self, macro_enabled: bool | None) -> frozenset[str]:
+    def _edited_parts(
+        self, summary: SummarySheet | None, found: Filter | None
+    ) -> tuple[dict[str, bytes], list[NewPart]]:
+        """The new content of the parts that change (by lower-case name), and the new parts."""
+        package = self._package
+        assert self._zin is not None
+        read = self._zin.read
+        edited: dict[str, bytes] = {}
+        new_parts: list[NewPart] = []
+        rels_xml = read(package.workbook_rels)
+        rel_additions: list[tuple[str, str, str]] = []
+        workbook_dir = posixpath.dirname(package.workbook)
+        if package.styles is not None:
+            edited[package.styles.lower()] = self._styles_xml
+        else:  # a workbook without styles: ours become its styles part
+            # openpyxl looks for xl/styles.xml by name, whatever the relationships say
+            name = posixpath.join(workbook_dir, "styles.xml")
+            if name.lower() in package.names:
+                _, name = free_part(package.names, posixpath.join(workbook_dir, "styles{}.xml"))
+            new_parts.append(NewPart(name, self._styles_xml, STYLES_TYPE))
+            target = posixpath.relpath(name, workbook_dir)
+            rel_additions.append((free_id(rels_xml), f"{package.rel_base}/styles", target))
+        new_sheet = None
+        if summary is not None:
+            title = free_title(package.sheet_titles, summary.title)
+            _, part = free_part(package.names, "xl/worksheets/sheet{}.xml")
+            new_parts += summary_parts(
+                summary, package=package, title=title, sheet_name=part, styles=self._styles
+            )
+            rid = free_id(rels_xml, [rid for rid, _, _ in rel_additions])
+            target = posixpath.relpath(part, workbook_dir)
+            rel_additions.append((rid, f"{package.rel_base}/worksheet", target))
+            new_sheet = (title, _next_sheet_id(read(package.workbook)), rid)
+        edited[package.workbook.lower()] = workbook_with(
+            read(package.workbook),
+            rel_ns=package.rel_base,
+            new_sheet=new_sheet,
+            filter_name=(
+                None if found is None else (package.sheet_position, package.sheet_title, found.ref)
+            ),
+        )
+        dropped = self._dropped_parts()
+        if dropped:
+            rels_xml = rels_without(rels_xml, dropped, package.workbook.lower())
+        edited[package.workbook_rels.lower()] = rels_with(rels_xml, rel_additions)
+        content_types = content_types_with(
+            read(package.names[CONTENT_TYPES.lower()]),
+            [(p.name, p.content_type) for p in new_parts if p.content_type is not None],
+            without=dropped,
+        )
+        edited[CONTENT_TYPES.lower()] = _with_workbook_type(content_types, self._macro_enabled)
+        if package.app is not None and new_sheet is not None:
+            edited[package.app.lower()] = app_with(
+                read(package.app), package.sheet_title, new_sheet[0]
+            )
+        return edited, new_parts
+
+    def _dropped_parts(self) -> frozenset[str]:
         """Lower-case names of the macro parts to leave out (for a plain .xlsx output)."""
-        if macro_enabled is not False:
+        if self._macro_enabled is not False:
             return frozenset()
         names = {part.lower() for part in self._package.macro_parts}
         return frozenset(names | ({rels_name(n) for n in names} & set(self._package.names)))
-
-    def _copy(self, info: zipfile.ZipInfo) -> None:
-        assert self._zin is not None and self._zout is not None
-        entry = _entry(info.filename, info)
-        entry.file_size = info.file_size  # lets zipfile decide on Zip64 as the input did
-        with self._zin.open(info) as source, self._zout.open(entry, "w") as sink:
-            shutil.copyfileobj(source, sink, _COPY_BUFFER)
-
-    def _write(self, name: str, data: bytes) -> None:
-        assert self._zin is not None and self._zout is not None
-        real = self._package.names.get(name.lower())
-        like = self._zin.getinfo(real) if real else self._zin.getinfo(self._package.workbook)
-        self._zout.writestr(_entry(real or name, like), data)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -465,18 +442,7 @@ class _Patcher:
             ) from None
 
 
-def _entry(name: str, like: zipfile.ZipInfo, *, level: int | None = None) -> zipfile.ZipInfo:
-    """A zip entry for `name` with the date and attributes of `like` (and a zlib level)."""
-    entry = zipfile.ZipInfo(name, like.date_time)
-    entry.compress_type = (
-        zipfile.ZIP_STORED if like.compress_type == zipfile.ZIP_STORED else zipfile.ZIP_DEFLATED
-    )
-    entry.external_attr = like.external_attr
-    if level is not None:
-        # ZipFile.open(ZipInfo, "w") takes the level from the entry, under this name through
-        # Python 3.12 (3.13 renamed it `compress_level` and kept this one as an alias).
-        setattr(entry, "_compresslevel", level)  # noqa: B010
-    return entry
+_READ_ERRORS: Final = (InputError, zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError)
 
 
 def _next_sheet_id(workbook: bytes) -> int:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Final, NamedTuple
 
@@ -77,19 +77,19 @@ class Filter:
 
 
 class SheetRewriter:
-    """Copies a worksheet part from `source` to `sink`, adding result cells to rows."""
+    """Copies a worksheet part from `source` to `write`, adding result cells to rows."""
 
     def __init__(
         self,
         source: IO[bytes],
-        sink: IO[bytes],
+        write: Callable[[bytes], object],
         *,
         header_row: int,
         first_col: int,
         width: int,
     ) -> None:
         self._src = source
-        self._sink = sink
+        self._write = write
         self._header_row = header_row
         self._first_col = first_col
         self._last_col = first_col + width - 1
@@ -348,7 +348,7 @@ class SheetRewriter:
             self._flush()
 
     def _flush(self) -> None:
-        self._sink.write(b"".join(self._pieces))
+        self._write(b"".join(self._pieces))
         self._pieces.clear()
 
 

@@ -940,3 +940,45 @@ def test_a_shared_strings_workbook_keeps_its_string_table(tmp_path: Path) -> Non
     rows = CalamineWorkbook.from_path(str(out)).get_sheet_by_name("Data").to_python()
     assert rows == [["姓名", "手机号", "status"], ["张三", "13812345678", "ok"]]
     assert "spans" not in _parts(out)["xl/worksheets/sheet1.xml"].decode()  # hints now wrong
+
+
+def test_entries_keep_their_order_and_unchanged_ones_their_compressed_bytes(
+    round_trip: tuple[Path, Path],
+) -> None:
+    src, out = round_trip
+    with zipfile.ZipFile(src) as before, zipfile.ZipFile(out) as after:
+        assert after.testzip() is None
+        names = [info.filename for info in after.infolist()]
+        original = [info.filename for info in before.infolist()]
+        assert names[: len(original)] == original
+        for info in before.infolist():
+            if info.filename not in EDITED:
+                copied = after.getinfo(info.filename)
+                assert (copied.CRC, copied.compress_size) == (info.CRC, info.compress_size)
+
+
+@pytest.mark.skipif(shutil.which("file") is None, reason="file(1) is not installed")
+def test_file_type_detection_sees_the_output_as_it_saw_the_input(tmp_path: Path) -> None:
+    # libmagic reads the first local headers only: a big entry early must not hide the rest,
+    # so [Content_Types].xml has to stay first, as Excel and XlsxWriter put it.
+    import xlsxwriter
+
+    src = tmp_path / "in.xlsx"
+    book = xlsxwriter.Workbook(str(src))
+    sheet = book.add_worksheet("Data")
+    sheet.write_row(0, 0, ["name", "note"])
+    for row in range(1, 3000):
+        sheet.write_row(row, 0, [f"name {row}", f"note {row * 7919}"])
+    book.close()
+    out = tmp_path / "out.xlsx"
+    results = [(row, ["ok"]) for row in range(2, 3001)]
+    patch_workbook(
+        src, out, sheet="Data", header_row=1, first_col=3, headers=["status"], results=results,
+        summary=SUMMARY,
+    )  # fmt: skip
+
+    def kind(path: Path) -> str:
+        return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True).stdout
+
+    assert "Excel 2007" in kind(src)
+    assert kind(out) == kind(src)
