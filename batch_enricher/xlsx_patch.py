@@ -100,7 +100,8 @@ def patch_workbook(
     `first_col` with `headers`; `results` yields (1-based sheet row, result cells) in
     increasing row order. `text_columns` and `status_column` index the result cells (text
     with format "@"; coloured by status). `macro_enabled` makes the output an .xlsm package
-    (True) or an .xlsx one, without the macros (False); None keeps the input's kind.
+    (True) or an .xlsx one, without the macros (False); None keeps the input's kind. On an
+    error `dst` is left incomplete: give a temp file and rename it (as `PatchWriter` does).
 
     >>> patch_workbook(Path("in.xlsx"), Path("out.xlsx"), sheet="Sheet1", header_row=1,
     ...     first_col=4, headers=["status"], results=[(2, ["ok"])])  # doctest: +SKIP

@@ -187,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         median = statistics.median(seconds)
         spread = ", ".join(f"{s:.2f}" for s in seconds)
         rss = max(r for _, r in runs)
-        print(f"| {mode} | {median:.2f} ({spread}) | {rss:.0f} | {median / pandas:.2f}x |")
+        ratio = f"{median / pandas:.2f}x" if "pandas" in figures else "-"
+        print(f"| {mode} | {median:.2f} ({spread}) | {rss:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
