@@ -45,7 +45,7 @@ from batch_enricher.writer import (
     Writer,
     _column_widths,
     _create_temp,
-    _remove_quietly,
+    _TempFile,
 )
 from batch_enricher.xlsx_cells import CellRenderer, add_styles
 from batch_enricher.xlsx_package import (
@@ -141,7 +141,7 @@ def check_workbook(src: Path, sheet: str) -> None:
 class PatchWriter(Writer):
     """`patch_workbook` as a `Writer`: results pushed row by row, `commit` renames atomically."""
 
-    def __init__(self, target: Path, temp: Path, stream: IO[bytes], patcher: _Patcher) -> None:
+    def __init__(self, target: Path, temp: _TempFile, stream: IO[bytes], patcher: _Patcher) -> None:
         super().__init__(target, temp)
         self._stream = stream
         self._patcher = patcher
@@ -201,13 +201,12 @@ def open_patch_writer(
     An .xlsm target keeps the workbook's macros; any other target is a plain workbook
     (Excel refuses an .xlsx that holds macros).
     """
-    fd, name = _create_temp(target)
-    temp = Path(name)
+    fd, temp = _create_temp(target)
     try:
         stream = os.fdopen(fd, "w+b")
     except BaseException:
         os.close(fd)
-        _remove_quietly(temp)
+        temp.remove()
         raise
     try:
         patcher = _Patcher(
@@ -224,7 +223,7 @@ def open_patch_writer(
         )
     except BaseException as exc:
         stream.close()
-        _remove_quietly(temp)
+        temp.remove()
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
         raise
