@@ -19,9 +19,11 @@ So the whole file is streamed (it may be gigabytes; memory stays at one chunk) a
    A GB18030 reading must also look like Chinese: at least half its characters common ones
    (GB2312); Latin-1 text can decode as GB18030 ("Mü" is a GBK pair) but only as rare ones.
 5. Only then charset-normalizer, on the lines that failed; its answer counts only when it is
-   plausible and decodes the whole file: a Latin code page whose non-ASCII text is Latin
-   letters and common signs, or another code page where the bytes are not mostly GB18030 and
-   it reads as letters (never half-width katakana, the mark of Latin-1 read as cp932).
+   plausible and decodes the whole file: never when the file holds more valid multi-byte
+   UTF-8 than chance gives (real UTF-8 text: the file mixes encodings); a Latin code page
+   when its non-ASCII text is Latin letters and common signs, mostly one at a time ("Müller",
+   not "ÕÅÈý"); another code page only where GB18030 fails on more than half the text and it
+   reads as letters (never half-width katakana, the mark of Latin-1 read as cp932).
 6. Nothing fits: `InputError` naming the problem, the first bad line and `--encoding`.
 
 NUL bytes are kept as U+0000 in the cells they fall in and count as damage (one NUL in a cell
@@ -111,6 +113,7 @@ _JUDGED: Final = frozenset(
         "utf_7",
     )
 )
+_NON_ASCII_BYTES: Final = re.compile(rb"[\x80-\xff]+")
 # Three or more non-ASCII characters in a row.
 _NON_ASCII_RUN: Final = re.compile(r"[^\x00-\x7f]{3,}")
 # Signs common in Western text, besides letters.
@@ -204,7 +207,7 @@ class _Tally:
     """One codec's record over the non-ASCII text of a file."""
 
     good: int = 0  # non-ASCII characters decoded
-    bad: int = 0  # bad spots (bytes that do not decode), and characters of foreign lines
+    bad: int = 0  # bad spots (bytes that do not decode; the non-ASCII runs of foreign lines)
     first_bad: int | None = None  # physical line, 1-based
     common: int = 0  # of the good characters, those in GB2312 (GB18030 only)
 
@@ -322,7 +325,7 @@ def _tally_chunk(m: _Measure, chunk: bytes, lines: list[bytes], offset: int, bef
                     m.foreign.append((offset, offset + len(line)))
                     g_good -= g_chars
                     common -= line_common
-                    g_spots += max(g_chars, 1)
+                    g_spots += len(_NON_ASCII_BYTES.findall(line))  # a bad spot per cell
                     first_gb_bad = min(first_gb_bad or number, number)
         offset += len(line)
     m.gb.good += g_good
@@ -459,18 +462,20 @@ def _detected(path: Path, m: _Measure) -> Decoding | None:
     # cp1252 first among Latin code pages (the detector's order among them is arbitrary: they
     # differ in a few letters), and tried even when not offered: short Western text misleads it.
     candidates = ["cp1252", *(name for name in offered if name not in _JUDGED)]
-    # Valid multi-byte UTF-8 in the file would come out as mojibake ("Ã©") in a code page.
-    latin_ok = m.utf8.good * MIN_GOOD_PER_BAD <= m.utf8.bad
-    mostly_gb = m.gb.good >= MIN_GOOD_PER_BAD * max(m.gb.bad, 1)
+    if m.utf8.good * MIN_GOOD_PER_BAD > m.utf8.bad:
+        # More valid multi-byte UTF-8 than chance gives: real UTF-8 text is in the file, and
+        # any code page would turn it into mojibake ("Ã©"). Mixed encodings: refused.
+        return None
+    half_gb = m.gb.good >= m.gb.bad  # then an Asian or Cyrillic code page is a guess too far
     for name in dict.fromkeys(candidates):
         try:
             text = sample.decode(name)
         except (UnicodeDecodeError, LookupError):
             continue
         if name in _LATIN_CODECS:
-            if not latin_ok or not _reads_as_latin(text):
+            if not _reads_as_latin(text):
                 continue
-        elif mostly_gb or not _reads_as_letters(text):
+        elif half_gb or not _reads_as_letters(text):
             continue
         if _decodes_strictly(path, name):
             return Decoding(name, name, damaged=m.nuls > 0, first_damage=m.first_nul)

@@ -13,8 +13,9 @@ Cells: text is `str`; empty cells are None; numbers are `int` when whole (a whol
 or more digits as Excel shows it, to 15 significant digits: 1.1010119900307803e17 becomes
 110101199003078000, not the 110101199003078032 the binary double spells), else `float`;
 booleans `bool`; dates `datetime` (a date-time at midnight is a `date`, as calamine gives it),
-times `time`, durations text ("1 day, 6:00:00"); error cells (#DIV/0!) are None. A row's
-trailing empty cells are dropped; rows are numbered from 1 by their position in the sheet.
+times `time`, durations text ("1 day, 6:00:00"); error cells (#DIV/0!) are None, and so is
+a text of ASCII spaces alone stored without xml:space="preserve" (openpyxl writes them so;
+Excel does not). A row's trailing empty cells are dropped; rows start at the sheet's row 1.
 
 Every failure is an `InputError` naming the file and what to do. Rust panics
 (`pyo3_runtime.PanicException`, a BaseException that slips past `except Exception`) are caught
