@@ -5,8 +5,9 @@ detector pick a Cyrillic code page for the whole file, and every name was sent a
 So the whole file is streamed (it may be gigabytes; memory stays at one chunk) and judged:
 
 1. A BOM names the encoding (a UTF-8 BOM is still checked like any UTF-8 file).
-2. A ZIP or OLE2 container, or a file where more than 1 % of the bytes are control bytes, is
-   no text and is refused; a BOM-less UTF-16 file is recognised by its NULs (every other byte).
+2. A ZIP or OLE2 container, or a file where more than 1 % of the bytes (and more than 16)
+   are control bytes, is no text and is refused; a BOM-less UTF-16 file is recognised by its
+   NULs (every other byte).
 3. Strict UTF-8 over the whole file.
 4. Otherwise every line with non-ASCII bytes is measured under UTF-8 and under GB18030 (GBK and
    GB2312 are subsets): bad spots (bytes that do not decode) against good characters. A file
@@ -52,8 +53,9 @@ BAD_PER_GOOD: Final = 100
 MIN_GOOD_PER_BAD: Final = 4
 #: A GB18030 reading must have at least this share of common (GB2312) characters.
 MIN_COMMON_SHARE: Final = 0.5
-#: More control bytes than this share of the file: binary, not text.
+#: More control bytes than this share of the file (and more than `FEW_CONTROLS`): binary.
 MAX_CONTROL_SHARE: Final = 0.01
+FEW_CONTROLS: Final = 16
 #: How many failing lines charset-normalizer gets to look at.
 DETECTOR_SAMPLE: Final = 256 * 1024
 
@@ -156,7 +158,7 @@ def choose(path: Path) -> Decoding:
         if _decodes_strictly(path, utf16):
             return Decoding(utf16, "UTF-16")
         raise _binary(path)
-    if len(head.translate(None, _NOT_CONTROL)) > 0.1 * len(head):
+    if _binary_share(len(head.translate(None, _NOT_CONTROL)), len(head), 10 * MAX_CONTROL_SHARE):
         raise _binary(path)  # no need to read gigabytes of a binary file to know
     return _judge(path, bom=False)
 
@@ -168,6 +170,11 @@ def open_text(path: Path, decoding: Decoding) -> IO[str]:
         raw = _Blanked(raw, decoding.foreign)
     buffered = io.BufferedReader(raw, buffer_size=CHUNK)
     return io.TextIOWrapper(buffered, encoding=decoding.codec, errors=decoding.errors, newline="")
+
+
+def _binary_share(controls: int, size: int, share: float = MAX_CONTROL_SHARE) -> bool:
+    """Too many control bytes for text (a few NULs in a small file are a damaged cell)."""
+    return controls > max(FEW_CONTROLS, share * size)
 
 
 def _binary(path: Path) -> InputError:
@@ -393,11 +400,11 @@ def _judge(path: Path, *, bom: bool) -> Decoding:
     codec = "utf-8-sig" if bom else "utf-8"
     scan = _scan_utf8(path)
     if scan.utf8:
-        if scan.controls > MAX_CONTROL_SHARE * scan.size:
+        if _binary_share(scan.controls, scan.size):
             raise _binary(path)
         return Decoding(codec, "UTF-8", damaged=scan.nuls > 0, first_damage=scan.first_nul)
     m = _measure(path)
-    if m.controls > MAX_CONTROL_SHARE * m.size:
+    if _binary_share(m.controls, m.size):
         raise _binary(path)
     nul_line = m.first_nul if m.nuls else None
     if m.utf8.mostly():

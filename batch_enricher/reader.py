@@ -318,7 +318,7 @@ def _find_header(source: Source, header_row: int | None, names: ColumnNames | No
             else:
                 number = _first_non_empty(top, records)
                 if number == 0:
-                    raise InputError(f"{path} is empty: no header row and no data")
+                    raise InputError(_empty(source))
                 if names is not None:  # the caller wants the columns: say what is missing
                     _search_header(top[:HEADER_SEARCH_ROWS], names, strict=True)
                 # Otherwise the caller maps the columns itself: the first non-empty row.
@@ -329,6 +329,23 @@ def _find_header(source: Source, header_row: int | None, names: ColumnNames | No
             raise InputError(f"{path} has a header row but no data rows")
     finally:
         records.close()
+
+
+def _empty(source: Source) -> str:
+    """The message for an input without a single non-empty row."""
+    if source.sheet is None:
+        return f"{source.path} is empty: no header row and no data"
+    others = [
+        repr(name)
+        for name in sheets.worksheet_names(source.path, source.format)
+        if name != source.sheet
+    ]
+    if not others:
+        return f"{source.path} is empty: no header row and no data"
+    return (
+        f"{source.path}: sheet {source.sheet!r} is empty; the other sheets are "
+        f"{', '.join(others)}: choose one with --sheet"
+    )
 
 
 def _given_header(

@@ -429,7 +429,7 @@ def test_corrupt_xls(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "why"),
     [
-        (b"name,idcard\x00\x01\x02\x03,mobile\n", "binary file"),
+        (b"name,idcard\x00\x01\x02\x03,mobile\n" * 8, "binary file"),
         (
             b"PK\x03\x04\x14\x00\x06\x00rest",
             r"ZIP/XLSX file, not CSV text \(rename it",

@@ -187,6 +187,13 @@ def test_a_nul_byte_is_a_damaged_cell_wherever_it_is(tmp_path: Path, row: int) -
     }
 
 
+def test_one_nul_in_a_tiny_file_is_a_damaged_cell_too(tmp_path: Path) -> None:
+    # csvkit's examples/null_byte.csv: a NUL is 8 % of its bytes, but it is one damaged cell.
+    source = open_source(_write(tmp_path / "null_byte.csv", b"a,b,c\n\x00,2,3\n"))
+    assert source.damaged
+    assert [(n, source.damaged_cell(row)) for n, row in source.numbered_rows()] == [(2, 0)]
+
+
 def test_a_file_full_of_nuls_and_controls_is_binary(tmp_path: Path) -> None:
     data = b"name,idcard,mobile\r\n" + bytes(range(32)) * 2000
     with pytest.raises(InputError, match="is a binary file, not CSV text"):

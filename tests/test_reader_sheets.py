@@ -184,6 +184,19 @@ def test_a_strict_workbook_too_large_for_calamine_is_refused_clearly(
         open_source(path)
 
 
+def test_an_empty_first_sheet_points_at_the_others(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    assert workbook.active is not None
+    workbook.active.title = "说明"
+    workbook.create_sheet("名单").append(HEADER)
+    path = tmp_path / "two.xlsx"
+    workbook.save(path)
+    with pytest.raises(
+        InputError, match=r"sheet '说明' is empty; the other sheets are '名单'.*--sheet"
+    ):
+        open_source(path)
+
+
 # --- sparse sheets --------------------------------------------------------------------------
 
 
