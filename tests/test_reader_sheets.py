@@ -296,3 +296,20 @@ def test_whole_keeps_fifteen_significant_digits() -> None:
     assert sheets.whole(1.1010119900307803e17) == 110101199003078000
     assert sheets.whole(-0.0) == 0 and sheets.whole(0.1) == 0.1
     assert sheets.whole(float("inf")) == float("inf")
+
+
+def test_the_extent_counts_cells_with_values_not_formatting(tmp_path: Path) -> None:
+    from openpyxl.styles import Font
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.title = "名单"
+    sheet["A1"], sheet["J7"], sheet["AB3"] = "a", "j", "ab"
+    sheet.cell(900, 16_384).font = Font(bold=True)  # formatted, empty
+    path = tmp_path / "extent.xlsx"
+    workbook.save(path)
+    assert sheets._xlsx_extent(path, "名单") == (False, 7, 28)
+    sheet["AB3"] = None
+    workbook.save(path)
+    assert sheets._xlsx_extent(path, "名单") == (False, 7, 10)
