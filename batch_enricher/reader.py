@@ -320,7 +320,17 @@ def _find_header(source: Source, header_row: int | None, names: ColumnNames | No
                 if number == 0:
                     raise InputError(_empty(source))
                 if names is not None:  # the caller wants the columns: say what is missing
-                    _search_header(top[:HEADER_SEARCH_ROWS], names, strict=True)
+                    try:
+                        _search_header(top[:HEADER_SEARCH_ROWS], names, strict=True)
+                    except ColumnError as exc:
+                        if any(damaged_cell(row) is not None for row in top):
+                            label = source._text().label
+                            raise ColumnError(
+                                f"{exc}. Some of these rows hold bytes that are not valid "
+                                f"{label}: the file's encoding may be damaged or mixed; "
+                                "re-save it as UTF-8, or pass --encoding"
+                            ) from None
+                        raise
                 # Otherwise the caller maps the columns itself: the first non-empty row.
         source.header_row = number
         source.headers = _texts(top[number - 1])

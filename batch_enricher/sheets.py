@@ -301,12 +301,13 @@ def _xlsx_extent(path: Path, name: str) -> tuple[bool, int, int]:
                 return strict, MAX_ROWS, MAX_COLUMNS  # unknown: do not trust it to calamine
             if package.getinfo(part).file_size > CALAMINE_MAX_XML:
                 return strict, MAX_ROWS, MAX_COLUMNS
-            rows, columns = 0, 26  # one-letter columns are not looked for: at most 26
+            rows, columns = 0, 1
             tail = b""
             with package.open(part) as xml:
                 while chunk := xml.read(1 << 20):
                     data = tail + chunk
                     rows = max(rows, _last_value_row(data))
+                    columns = _widest_letter(data, columns)
                     if _WIDE_REF.search(data):
                         for letters in set(_WIDE_VALUE_CELL.findall(data)):
                             columns = max(columns, _column_number(letters))
@@ -325,6 +326,19 @@ def _last_value_row(data: bytes) -> int:
         if found:
             return max(int(row) for _, row in found[-64:])
     return 0
+
+
+def _widest_letter(data: bytes, columns: int) -> int:
+    """`columns`, raised to the last one-letter column (A-Z) any cell of `data` refers to.
+
+    Only letters past the widest seen are looked for: a literal-led search each, in C.
+    """
+    while columns < 26:
+        found = re.search(rb'r="([%c-Z])[0-9]' % (ord("A") + columns), data)
+        if found is None:
+            break
+        columns = found[1][0] - ord("A") + 1
+    return columns
 
 
 def _column_number(letters: bytes) -> int:

@@ -68,6 +68,17 @@ def test_gbk_export_with_a_stray_euro_byte_stays_gbk(
     }
 
 
+def test_a_header_lost_to_damaged_bytes_says_so(tmp_path: Path) -> None:
+    from batch_enricher.columns import ColumnNames
+
+    data = _csv(HEADERS_ZH, PEOPLE * 3).encode("gbk").replace("姓名".encode("gbk"), b"\x80\x80")
+    with pytest.raises(InputError) as caught:
+        open_source(_write(tmp_path / "gbk.csv", data), names=ColumnNames())
+    message = str(caught.value)
+    assert message.startswith("no name column found")
+    assert "not valid GB18030: the file's encoding may be damaged or mixed" in message
+
+
 def test_a_double_byte_character_cut_at_the_end(tmp_path: Path) -> None:
     data = _csv(HEADERS_ZH, PEOPLE).encode("gbk").rstrip(b"\r\n")[:-1]  # half of 注
     source = open_source(_write(tmp_path / "cut.csv", data))
@@ -224,3 +235,40 @@ def test_blanked_spans_read_as_undecodable(tmp_path: Path) -> None:
     decoding = encoding.Decoding("utf-8", "UTF-8", damaged=True, foreign=((0, 5),))
     with encoding.open_text(path, decoding) as f:
         assert f.read() == "ab\ufffd\ufffd\ufffd三\r\n李四\r\n"
+
+
+def test_mangled_csv_files_read_or_give_one_input_error(tmp_path: Path) -> None:
+    # Seeded, bounded: cut, flipped, NUL-filled and spliced variants of UTF-8 and GBK exports.
+    import random
+
+    rng = random.Random(7)
+    originals = [
+        _csv(HEADERS_ZH, PEOPLE * 30).encode(),
+        _csv(HEADERS_ZH, PEOPLE * 30).encode("gbk"),
+        _csv(HEADERS_EN, PEOPLE * 30).encode("gbk"),
+    ]
+    path = tmp_path / "mangled.csv"
+    outcomes = {"read": 0, "refused": 0}
+    for case in range(150):
+        data = bytearray(rng.choice(originals))
+        how = case % 4
+        if how == 0:
+            del data[rng.randrange(1, len(data)) :]
+        elif how == 1:
+            for _ in range(rng.randrange(1, 12)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif how == 2:
+            start = rng.randrange(len(data))
+            data[start : start + rng.randrange(1, 64)] = b"\x00" * rng.randrange(1, 64)
+        else:
+            data += rng.choice(originals)[rng.randrange(200) :]
+        path.write_bytes(bytes(data))
+        try:
+            source = open_source(path)
+            for number, row in source.numbered_rows():
+                source.damage_reason(number, row)
+            outcomes["read"] += 1
+        except InputError as exc:
+            assert str(exc).startswith(str(path)), str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["read"] > 0 and outcomes["refused"] > 0
