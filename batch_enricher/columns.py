@@ -3,14 +3,18 @@
 Headers are matched by alias after normalisation (`normalise_header`): full-width forms folded
 (NFKC), case ignored, spaces, underscores and hyphens dropped, so " Name ", "ID_Card", "MOBILE "
 and "ＩＤＣＡＲＤ" all match. Aliases are data (`ALIASES`); `--name-col`, `--idcard-col` and
-`--mobile-col` override them with a header text of the user's choosing.
+`--mobile-col` override them with a header text of the user's choosing (`ColumnNames`).
+
+The header row need not be the first: `find_header` takes the first of the first
+`HEADER_SEARCH_ROWS` rows that holds all three columns (a title such as "2024年1月客户名单" may
+sit above it); `--header-row N` names it instead.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -70,6 +74,9 @@ ALIASES: Final[dict[str, tuple[str, ...]]] = {
     ),
 }
 
+#: How many rows from the top may hold the header row.
+HEADER_SEARCH_ROWS: Final = 20
+
 #: What each field is called in messages, and the flag that overrides its column.
 _LABELS: Final[dict[str, str]] = {"realname": "name", "idcard": "ID number", "mobile": "mobile"}
 _FLAGS: Final[dict[str, str]] = {
@@ -124,6 +131,15 @@ class ColumnMap:
     realname: int
     idcard: int
     mobile: int
+
+
+@dataclass(frozen=True)
+class ColumnNames:
+    """Header texts given for the three fields (`--name-col` ...); None: found by alias."""
+
+    realname: str | None = None
+    idcard: str | None = None
+    mobile: str | None = None
 
 
 def normalise_header(text: str) -> str:
@@ -185,23 +201,61 @@ def find_columns(
     Raises ColumnError when a field has no column, two columns, or shares a column with another.
     """
     overrides = {"realname": realname, "idcard": idcard, "mobile": mobile}
-    keys = [normalise_header(h) for h in headers]
-    excluded = set(existing_result_columns(headers))
     found: dict[str, int] = {}
-    for field in FIELDS:
-        override = overrides[field]
-        if override is not None:
-            wanted = frozenset({normalise_header(override)})
-        else:
-            wanted = _ALIAS_KEYS[field]
-        matches = [i for i, key in enumerate(keys) if key in wanted and i not in excluded]
+    for field, matches in _matches(headers, overrides).items():
         if not matches:
-            raise ColumnError(_missing_message(field, override, headers))
+            raise ColumnError(_missing_message(field, overrides[field], headers))
         if len(matches) > 1:
             raise ColumnError(_ambiguous_message(field, matches, headers))
         found[field] = matches[0]
     _check_distinct(found, headers)
     return ColumnMap(**found)
+
+
+def find_header(
+    rows: Iterable[tuple[int, Sequence[str]]],
+    names: ColumnNames = ColumnNames(),
+    *,
+    limit: int = HEADER_SEARCH_ROWS,
+) -> tuple[int, ColumnMap]:
+    """The header row among `rows` ((row number, header texts), from the top) and its columns.
+
+    It is the first row, among those numbered up to `limit`, where every field has a column
+    (by alias, or by the header text `names` gives); its columns are then mapped as
+    `find_columns` does (an ambiguous row raises its error). None qualifies: ColumnError
+    listing the headers of the first non-empty row, as `find_columns` would.
+
+    >>> find_header([(1, ["2024年1月客户名单"]), (2, []), (3, ["姓名", "身份证号", "手机号"])])
+    (3, ColumnMap(realname=0, idcard=1, mobile=2))
+    """
+    overrides = {"realname": names.realname, "idcard": names.idcard, "mobile": names.mobile}
+    first: Sequence[str] | None = None
+    for number, headers in rows:
+        if number > limit:
+            break
+        if first is None and any(h.strip() for h in headers):
+            first = headers
+        if all(_matches(headers, overrides).values()):
+            return number, find_columns(headers, **overrides)
+    shown = first or []
+    missing = next(field for field, found in _matches(shown, overrides).items() if not found)
+    raise ColumnError(
+        f"{_missing_message(missing, overrides[missing], shown)} (looked for a header row with "
+        f"the name, ID and mobile columns in the first {limit} rows; if it is further down, "
+        "pass --header-row N)"
+    )
+
+
+def _matches(headers: Sequence[str], overrides: dict[str, str | None]) -> dict[str, list[int]]:
+    """Each field's candidate columns: by its override, else by alias; never our result columns."""
+    keys = [normalise_header(h) for h in headers]
+    excluded = set(existing_result_columns(headers))
+    found: dict[str, list[int]] = {}
+    for field in FIELDS:
+        override = overrides[field]
+        wanted = _ALIAS_KEYS[field] if override is None else {normalise_header(override)}
+        found[field] = [i for i, key in enumerate(keys) if key in wanted and i not in excluded]
+    return found
 
 
 def _check_distinct(found: dict[str, int], headers: Sequence[str]) -> None:

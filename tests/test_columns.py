@@ -9,8 +9,10 @@ from batch_enricher.columns import (
     FIELDS,
     RESULT_COLUMNS,
     ColumnMap,
+    ColumnNames,
     existing_result_columns,
     find_columns,
+    find_header,
 )
 from batch_enricher.errors import ColumnError, InputError
 
@@ -128,3 +130,37 @@ def test_long_header_lists_are_cut() -> None:
         find_columns(headers)
     assert "(60 more)" in str(caught.value)
     assert "col99" not in str(caught.value)
+
+
+# --- the header row -----------------------------------------------------------------------------
+
+
+def test_header_found_below_a_title_and_blank_rows() -> None:
+    rows = [(1, ["2024年1月客户名单"]), (2, []), (3, ["", ""]), (4, ["姓名", "身份证号", "手机号"])]
+    assert find_header(rows) == (4, ColumnMap(0, 1, 2))
+
+
+def test_header_by_override_names() -> None:
+    rows = [(1, ["名单"]), (2, ["客户名称", "证件", "电话"])]
+    names = ColumnNames(realname="客户名称", idcard="证件", mobile="电话")
+    assert find_header(rows, names) == (2, ColumnMap(0, 1, 2))
+
+
+def test_a_row_with_two_candidates_is_the_header_and_says_so() -> None:
+    rows = [(1, ["名单"]), (2, ["姓名", "身份证号", "手机", "联系电话"])]
+    with pytest.raises(ColumnError, match="more than one mobile column"):
+        find_header(rows)
+
+
+def test_header_search_stops_at_the_limit() -> None:
+    rows = [(n, ["说明"]) for n in range(1, 21)] + [(21, ["姓名", "身份证号", "手机号"])]
+    with pytest.raises(ColumnError) as caught:
+        find_header(rows)
+    message = str(caught.value)
+    assert message.startswith("no name column found")
+    assert "Headers found: 说明" in message
+    assert message.endswith(
+        "(looked for a header row with the name, ID and mobile columns in the first 20 rows; "
+        "if it is further down, pass --header-row N)"
+    )
+    assert find_header(rows, limit=21)[0] == 21

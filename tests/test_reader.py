@@ -118,27 +118,34 @@ def test_last_resort_guess_for_other_encodings(tmp_path: Path) -> None:
     assert [len(row) for row in _passes(path)] == [2, 2]
 
 
-def test_mixed_encodings_name_the_line(tmp_path: Path) -> None:
+def test_one_row_in_another_encoding_is_a_damaged_row(tmp_path: Path) -> None:
+    # Mostly UTF-8: read as UTF-8; the GBK row's name cell is damaged and says where.
     good = _csv_text([HEADERS, *ROWS]).encode()
     path = _write(tmp_path / "mixed.csv", good + "C003,李四,x,y\r\n".encode("gbk"))
-    with pytest.raises(InputError) as caught:
-        reader.open_source(path)
-    message = str(caught.value)
-    assert "line 4 is not valid UTF-8" in message
-    assert "--encoding" in message
-    assert "李四" not in message
+    source = reader.open_source(path)
+    assert (source.encoding, source.damaged) == ("utf-8", True)
+    numbered = list(source.numbered_rows())
+    assert [row for _, row in numbered[:2]] == ROWS
+    number, row = numbered[2]
+    assert row[0] == "C003" and "\ufffd" in str(row[1])
+    reason = source.damage_reason(number, row)
+    assert reason == (
+        "row 4, column 2 (姓名): bytes that are not valid UTF-8 (a damaged or mixed encoding); "
+        "fix the cell or pass --encoding"
+    )
+    assert "李四" not in reason
 
 
-def test_bad_bytes_after_the_sample_name_the_line(tmp_path: Path) -> None:
-    # The first megabyte is ASCII, so UTF-8 is chosen; the GBK row comes much later.
+def test_bad_bytes_far_into_the_file_decide_the_encoding(tmp_path: Path) -> None:
+    # The first megabyte is ASCII; the only non-ASCII row comes much later and is GBK. The
+    # whole file is judged, so it is read as GB18030 from the start, not UTF-8 then an error.
     filler = _csv_text([["C0", "Li Si", "x", "y"]] * 100_000).encode()
-    assert len(filler) > reader.SAMPLE_BYTES
+    assert len(filler) > 1 << 20
     tail = _csv_text([["C9", "李四", "x", "y"]]).encode("gbk")
     path = _write(tmp_path / "late.csv", b"id,name,idcard,mobile\r\n" + filler + tail)
     source = open_source(path)
-    assert source.encoding == "utf-8"
-    with pytest.raises(InputError, match=r"line 100002 is not valid utf-8 text"):
-        list(source.rows())
+    assert (source.encoding, source.damaged) == ("gb18030", False)
+    assert list(source.rows())[-1] == ["C9", "李四", "x", "y"]
 
 
 def test_unknown_encoding_name(tmp_path: Path) -> None:
@@ -176,11 +183,21 @@ def test_semicolon_csv_with_commas_inside_quotes(tmp_path: Path) -> None:
     assert list(source.rows()) == [["张三", "x", "y", "a, b"]]
 
 
-def test_empty_rows_skipped_and_ragged_rows_kept(tmp_path: Path) -> None:
+def test_blank_and_ragged_rows_are_kept_in_place(tmp_path: Path) -> None:
     text = "\r\n\r\nname,idcard,mobile\r\n,,\r\na,b\r\n \t, ,\r\nc,d,e,f\r\n\r\n"
     source = open_source(_write(tmp_path / "r.csv", text.encode()))
     assert source.headers == ["name", "idcard", "mobile"]
-    assert _passes(source.path) == [["a", "b"], ["c", "d", "e", "f"]]
+    assert source.header_row == 3
+    assert source.preamble() == [[], []]
+    assert _passes(source.path) == [
+        ["", "", ""],
+        ["a", "b"],
+        [" \t", " ", ""],
+        ["c", "d", "e", "f"],
+        [],
+    ]
+    assert [n for n, _ in source.numbered_rows()] == [4, 5, 6, 7, 8]
+    assert source.width == 4
 
 
 def test_quoted_newlines_and_cells_stay_text(tmp_path: Path) -> None:
@@ -224,7 +241,8 @@ def test_xlsx_keeps_cell_types(tmp_path: Path) -> None:
     assert source.headers == [*HEADERS, "生日"]  # trailing empty header cells trimmed
     rows = _passes(path)
     assert rows == [
-        ["C1", "张三", "11010119900307803X", 13812345678, born],
+        ["C1", "张三", "11010119900307803X", 13812345678, born.date()],  # midnight: a date
+        [],  # a blank row stays in its place
         ["C2", "李四", 110101199003078000, 13912345678],
         ["C3", True, 1.5],
     ]
@@ -271,23 +289,29 @@ def test_xlsx_with_a_wrong_recorded_dimension_is_read_whole(tmp_path: Path) -> N
 def test_xlsx_workbook_is_closed_after_each_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import python_calamine
+
+    from batch_enricher import sheets
+
     path = _xlsx(tmp_path / "a.xlsx", {"S": [HEADERS, *ROWS]})
     opened: list[Any] = []
-    real = openpyxl.load_workbook
+    real = sheets._open_calamine
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        workbook = real(*args, **kwargs)
+    def spy(*args: Any) -> Any:
+        workbook = real(*args)
         opened.append(workbook)
         return workbook
 
-    monkeypatch.setattr("batch_enricher.reader.load_workbook", spy)
+    monkeypatch.setattr(sheets, "_open_calamine", spy)
     source = open_source(path)
     list(source.rows())
     rows = source.rows()
     next(rows)
     rows.close()  # a caller that stops early
-    assert len(opened) == 4  # sheet lookup, header check, two passes
-    assert all(wb._archive.fp is None for wb in opened)
+    assert len(opened) == 4  # sheet list, header search, two passes
+    for workbook in opened:
+        with pytest.raises(python_calamine.WorkbookClosed):
+            workbook.get_sheet_by_index(0)
 
 
 # --- XLS ----------------------------------------------------------------------------------------
@@ -397,14 +421,15 @@ def test_password_protected_xlsx(tmp_path: Path) -> None:
 
 
 def test_corrupt_xls(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"bad\.xls is not a valid \.xls file"):
+    with pytest.raises(InputError, match=r"bad\.xls is not a readable \.xls file") as caught:
         open_source(_write(tmp_path / "bad.xls", b"garbage" * 100))
+    assert "Calamine" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
     ("data", "why"),
     [
-        (b"name,idcard\x00\x01\x02\x03,mobile\n", "binary file"),
+        (b"name,idcard\x00\x01\x02\x03,mobile\n" * 8, "binary file"),
         (
             b"PK\x03\x04\x14\x00\x06\x00rest",
             r"ZIP/XLSX file, not CSV text \(rename it",
@@ -417,17 +442,14 @@ def test_binary_file_named_csv(tmp_path: Path, data: bytes, why: str) -> None:
         open_source(_write(tmp_path / "data.csv", data))
 
 
-def test_csv_syntax_errors_name_the_line(tmp_path: Path) -> None:
-    import csv
-
+def test_a_cell_too_large_for_memory_names_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _write(tmp_path / "big.csv", b"a,b\r\n1,2\r\n3," + b"x" * 2000 + b"\r\n")
     source = open_source(path)
-    old_limit = csv.field_size_limit(1000)
-    try:
-        with pytest.raises(InputError, match=r"big\.csv: line 3 is not valid CSV \(field larger"):
-            list(source.rows())
-    finally:
-        csv.field_size_limit(old_limit)
+    monkeypatch.setattr(reader, "FIELD_LIMIT", 1000)  # as if the machine had little memory
+    with pytest.raises(InputError, match=r"big\.csv: line 3 has a cell longer than 1,000 char"):
+        list(source.rows())
 
 
 @pytest.mark.parametrize("name", ["data.json", "data.ods", "data", "data.csv.gz"])
@@ -438,7 +460,8 @@ def test_unknown_extension(tmp_path: Path, name: str) -> None:
 
 def test_messages_never_show_cell_contents(tmp_path: Path) -> None:
     secret = "11010119900307803X"
-    text = f"姓名,身份证号\r\n张三,{secret}\r\n".encode() + "王五,1\r\n".encode("gbk")
+    utf8 = f"姓名,身份证号\r\n张三,{secret}\r\n".encode()
+    text = utf8 + "王五,1\r\n赵六,2\r\n钱七,3\r\n".encode("gbk")  # half and half: refused
     with pytest.raises(InputError) as caught:
         open_source(_write(tmp_path / "p.csv", text))
     assert secret not in str(caught.value)
