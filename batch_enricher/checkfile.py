@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from batch_enricher.columns import existing_result_columns, find_columns
+from batch_enricher.columns import ColumnMap, ColumnNames, existing_result_columns
 from batch_enricher.errors import OutputError
 from batch_enricher.models import Invalid, Person
-from batch_enricher.reader import open_source
-from batch_enricher.validate import check_row
+from batch_enricher.reader import Cell, Source, open_source
+from batch_enricher.rowcheck import RowCheck, name_profile
 from batch_enricher.writer import open_writer
 
 REPORT_COLUMNS: Final = ("status", "error_code", "error_reason")
@@ -79,46 +80,76 @@ def validate_file(
     mobile_col: str | None = None,
     sheet: str | int | None = None,
     encoding: str | None = None,
+    header_row: int | None = None,
 ) -> ValidationResult:
-    """Check every row of `path` locally; write `report` (your rows + status and reason)."""
+    """Check every row of `path` locally; write `report` (your rows + status and reason).
+
+    Rows are judged exactly as `enrich` judges them (`rowcheck.RowCheck`); blank rows and the
+    rows above the header stay in the report at their place, with an empty status.
+    """
     if report is not None and Path(report).resolve() == Path(path).resolve():
         # The report is written beside and renamed over its target: that would be the input.
         raise OutputError(f"the report {report} is the input file; choose another -o")
-    source = open_source(path, sheet=sheet, encoding=encoding)
-    columns = find_columns(source.headers, realname=name_col, idcard=idcard_col, mobile=mobile_col)
-    old = set(existing_result_columns(source.headers))
-    keep = [i for i in range(len(source.headers)) if i not in old]
+    source = open_source(
+        path,
+        sheet=sheet,
+        encoding=encoding,
+        header_row=header_row,
+        names=ColumnNames(name_col, idcard_col, mobile_col),
+    )
+    columns = source.columns
+    assert columns is not None  # with `names`, a missing header is an InputError
+    verdict_of = RowCheck(source, columns, name_profile(source, columns))
     result = ValidationResult(path, report)
     people: set[Person] = set()
-    width = len(source.headers)
 
-    def rows() -> Any:
-        for row in source.rows():
-            cells = [row[i] if i < len(row) else None for i in keep]
-            outcome = check_row(row, columns, width)
+    def rows() -> Iterator[tuple[list[Cell], list[Cell]]]:
+        for number, row in source.numbered_rows():
+            verdict, _ = verdict_of(number, row)
+            if verdict is None:
+                yield row, [None, None, None]
+                continue
             result.rows += 1
-            if isinstance(outcome, Invalid):
+            if isinstance(verdict, Invalid):
                 result.invalid += 1
-                result.problems[problem_kind(outcome.reason)] += 1
-                yield [*cells, "invalid", outcome.error_code, outcome.reason]
+                result.problems[problem_kind(verdict.reason)] += 1
+                yield row, ["invalid", verdict.error_code, verdict.reason]
             else:
                 result.valid += 1
-                people.add(outcome)
-                yield [*cells, "valid", None, None]
+                people.add(verdict)
+                yield row, ["valid", None, None]
 
     if report is None:
         for _ in rows():
             pass
     else:
-        out_index = {orig: pos for pos, orig in enumerate(keep)}
-        text = {out_index[i] for i in (columns.idcard, columns.mobile) if i in out_index}
-        headers = [source.headers[i] for i in keep] + list(REPORT_COLUMNS)
-        with open_writer(report, headers, text_columns=text, status_column=len(keep)) as writer:
-            for cells in rows():
-                writer.write_row(cells)
-            writer.commit()
+        _write_report(report, source, columns, rows())
     result.distinct = len(people)
     return result
+
+
+def _write_report(
+    report: Path,
+    source: Source,
+    columns: ColumnMap,
+    rows: Iterator[tuple[list[Cell], list[Cell]]],
+) -> None:
+    """Your rows, each padded to the widest row, then status, code and reason."""
+    old = set(existing_result_columns(source.headers))
+    keep = [i for i in range(source.width) if i not in old]
+    out_index = {orig: pos for pos, orig in enumerate(keep)}
+    text = {out_index[i] for i in (columns.idcard, columns.mobile) if i in out_index}
+    headers = [source.headers[i] if i < len(source.headers) else "" for i in keep]
+    with open_writer(
+        report,
+        [*headers, *REPORT_COLUMNS],
+        text_columns=text,
+        status_column=len(keep),
+        preamble=source.preamble(),
+    ) as writer:
+        for row, tail in rows:
+            writer.write_row([*(row[i] if i < len(row) else None for i in keep), *tail])
+        writer.commit()
 
 
 def format_validation(result: ValidationResult) -> str:

@@ -201,6 +201,12 @@ def _input_options(f: F) -> F:
             click.option("--mobile-col", help="Header of the mobile column."),
             click.option("--sheet", help="Sheet of an .xlsx/.xls input, by name or 0-based index."),
             click.option("--encoding", help="Encoding of a CSV input (default: detected)."),
+            click.option(
+                "--header-row",
+                type=click.IntRange(min=1),
+                help="Row number of the header (default: the first of the first 20 rows that "
+                "holds the name, ID and mobile columns).",
+            ),
         ]
     ):
         f = option(f)
@@ -407,6 +413,7 @@ def enrich(
     mobile_col: str | None,
     sheet: str | None,
     encoding: str | None,
+    header_row: int | None,
     verbose: bool,
     quiet: bool,
     log_file: Path | None,
@@ -464,6 +471,7 @@ def enrich(
             mobile_col=mobile_col,
             sheet=_sheet(sheet),
             encoding=encoding,
+            header_row=header_row,
             lock_timeout=lock_timeout,
             new_journal=new_journal,
             band_tables=ctx.meta.get("band_tables", dict(bands.DEFAULT_TABLES)),
@@ -528,6 +536,7 @@ def validate(
     mobile_col: str | None,
     sheet: str | None,
     encoding: str | None,
+    header_row: int | None,
     summary_json: Path | None,
 ) -> None:
     """Check INPUT locally: no network, nothing sent, nothing billed.
@@ -556,6 +565,7 @@ def validate(
             mobile_col=mobile_col,
             sheet=_sheet(sheet),
             encoding=encoding,
+            header_row=header_row,
         )
     except EnricherError as exc:
         _fail(exc)

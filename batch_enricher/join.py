@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from batch_enricher import bands as bands_mod
 from batch_enricher.columns import RESULT_COLUMNS
 from batch_enricher.interrupts import Interrupts
 from batch_enricher.journal import Journal
 from batch_enricher.models import Answer, Invalid, Outcome, Status
-from batch_enricher.plan import LOOKUP_BATCH, MEMO_SIZE, Input, Rows
+from batch_enricher.plan import LOOKUP_BATCH, MEMO_SIZE, Input
 from batch_enricher.reader import Cell
 from batch_enricher.spill import Spill
 from batch_enricher.summary import FileSummary
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 class Join:
     """What the second pass knows for joining rows with their answers."""
 
-    rows: Rows
     journal: Journal
     cutoff: float | None  # for answers from earlier runs: planning's --max-age cutoff
     spill: Spill  # whom this run answered (their answer, whatever the clock says), who failed
@@ -74,6 +73,7 @@ def _number(raw: str) -> Cell:
 
 
 _Tail = TypeVar("_Tail")
+_Item = TypeVar("_Item")
 _NO_BANDS: tuple[str, ...] = ()
 
 
@@ -88,51 +88,51 @@ class _Result(Generic[_Tail]):
 
 def joined(
     item: Input, join: Join, make_tail: Callable[[list[Cell]], _Tail]
-) -> Iterator[tuple[Sequence[Cell], _Tail]]:
-    """Each row of `item` (its kept cells) with its result, counted into its FileSummary.
+) -> Iterator[tuple[int, list[Cell], _Tail]]:
+    """Each row of `item` as (row number, its cells, its result), counted into its FileSummary.
 
-    A person's result is the same on every row, so it is worked out and prepared for the
-    writer (`make_tail`) once per person, not once per row, and rows are counted per person
-    and added up at the end: on a big file with few people the per-row work is the cost.
+    The cells are the row as read (a `list`, to be padded or cut by the writer); blank rows come
+    with `make_tail` of empty result cells. A person's result is the same on every row, so it is
+    worked out and prepared for the writer (`make_tail`) once per person, not once per row, and
+    rows are counted per person and added up at the end: on a big file with few people the
+    per-row work is the cost.
     """
-    source, columns, keep = item.source, item.columns, item.keep
+    source, columns, resolve = item.source, item.columns, item.check
     fs = item.summary
-    width = len(source.headers)
-    whole = keep == list(range(width))  # no earlier result columns to drop
-    memo, resolve = join.rows.memo, join.rows
+    memo, top = resolve.memo, resolve.top if not resolve.damaged else 1 << 30
     n_at, i_at, m_at = columns.realname, columns.idcard, columns.mobile
     per_person: dict[bytes, _Result[_Tail]] = {}
+    blank_tail = make_tail([None] * len(RESULT_COLUMNS["en"]))
     try:
-        for chunk in _chunks(source.rows(), LOOKUP_BATCH):
+        for chunk in _chunks(source.numbered_rows(), LOOKUP_BATCH):
             checked = [
-                (memo.get((row[n_at], row[i_at], row[m_at])) if len(row) == width else None)
-                or resolve(row, columns, width)
-                for row in chunk
+                (memo.get((row[n_at], row[i_at], row[m_at])) if len(row) > top else None)
+                or resolve(number, row)
+                for number, row in chunk
             ]
             if len(per_person) > MEMO_SIZE:
                 _count(per_person.values(), fs)
                 per_person.clear()
             missing = {k for _, k in checked if k is not None and k not in per_person}
             answers, outcomes = _answers(join, missing) if missing else ({}, {})
-            for row, (verdict, key) in zip(chunk, checked, strict=True):
-                if key is None:
-                    assert isinstance(verdict, Invalid)
-                    cells = _result_cells(Status.INVALID, None, verdict, None, "", join.tables)
-                    fs.statuses[Status.INVALID] += 1
-                    fs.rows += 1
-                    tail = make_tail(cells)
-                else:
+            for (number, row), (verdict, key) in zip(chunk, checked, strict=True):
+                if key is not None:
                     result = per_person.get(key)
                     if result is None:
                         result = per_person[key] = _person_result(
                             answers.get(key), outcomes.get(key), join, make_tail
                         )
                     result.rows += 1
-                    tail = result.tail
-                if whole and len(row) == width:
-                    yield row, tail
+                    yield number, row, result.tail
+                elif verdict is None:
+                    fs.blank += 1
+                    yield number, row, blank_tail
                 else:
-                    yield [row[i] if i < len(row) else None for i in keep], tail
+                    assert isinstance(verdict, Invalid)
+                    cells = _result_cells(Status.INVALID, None, verdict, None, "", join.tables)
+                    fs.statuses[Status.INVALID] += 1
+                    fs.rows += 1
+                    yield number, row, make_tail(cells)
     finally:
         _count(per_person.values(), fs)
 
@@ -185,24 +185,88 @@ def write(
     make_sheet: Callable[[FileSummary], SummarySheet],
     interrupts: Interrupts,
 ) -> None:
-    """The second pass over one input: every row, its result, written atomically."""
-    source, columns, keep = item.source, item.columns, item.keep
-    headers = [source.headers[i] for i in keep] + list(RESULT_COLUMNS[options.headers])
+    """The second pass over one input: every row, its result, written atomically.
+
+    An .xlsx/.xlsm input written to .xlsx/.xlsm comes back as the same workbook with the result
+    block patched into its sheet (`xlsx_patch`); anything else is written row by row, each row
+    padded to the file's widest row so the result block starts in one column for all of them.
+    """
+    if _patchable(item):
+        _write_patched(item, join, options, make_sheet, interrupts)
+        return
+    source, columns = item.source, item.columns
+    old = set(item.old_results)
+    keep = [i for i in range(source.width) if i not in old]
+    headers = [source.headers[i] if i < len(source.headers) else "" for i in keep]
     out_index = {orig: pos for pos, orig in enumerate(keep)}
     text_columns = {out_index[i] for i in (columns.idcard, columns.mobile) if i in out_index}
+    width = len(keep)
+    whole = keep == list(range(source.width))  # no earlier result columns to drop
     with (
         open_writer(
             item.output,
-            headers,
+            [*headers, *RESULT_COLUMNS[options.headers]],
             text_columns=text_columns,
-            status_column=len(keep),
+            status_column=width,
             escape_formulas=options.escape_formulas,
+            sheet_title=source.sheet or "Sheet1",
+            preamble=source.preamble(),
         ) as writer,
         interrupts.cleanup(writer.abort),
     ):
         write_row = writer.write_row
-        for original, tail in joined(item, join, writer.tail):
-            write_row(original, tail)
+        for _, row, tail in joined(item, join, writer.tail):
+            if whole:
+                if len(row) < width:
+                    row.extend([None] * (width - len(row)))
+                write_row(row, tail)
+            else:
+                write_row([row[i] if i < len(row) else None for i in keep], tail)
+        writer.commit(make_sheet(item.summary))
+
+
+_PATCHED_SUFFIXES: Final = (".xlsx", ".xlsm")
+
+
+def _patchable(item: Input) -> bool:
+    """Whether the output can be the input workbook itself with the results added."""
+    source = item.source
+    return (
+        source.format == "xlsx"
+        and not source.strict_ooxml
+        and source.path.suffix.lower() in _PATCHED_SUFFIXES
+        and item.output.suffix.lower() in _PATCHED_SUFFIXES
+    )
+
+
+def _write_patched(
+    item: Input,
+    join: Join,
+    options: EnrichOptions,
+    make_sheet: Callable[[FileSummary], SummarySheet],
+    interrupts: Interrupts,
+) -> None:
+    from batch_enricher.xlsx_patch import open_patch_writer
+
+    source = item.source
+    assert source.sheet is not None
+    # An earlier run's block is replaced where it is; else the block goes after the widest row.
+    first_col = min(item.old_results) + 1 if item.old_results else source.width + 1
+    with (
+        open_patch_writer(
+            item.output,
+            source.path,
+            sheet=source.sheet,
+            header_row=source.header_row,
+            first_col=first_col,
+            headers=RESULT_COLUMNS[options.headers],
+            status_column=0,
+        ) as writer,
+        interrupts.cleanup(writer.abort),
+    ):
+        write_result = writer.write_result
+        for number, _, tail in joined(item, join, writer.tail):
+            write_result(number, tail)
         writer.commit(make_sheet(item.summary))
 
 
@@ -216,8 +280,8 @@ def _no_tail(cells: list[Cell]) -> None:
     """The dry run's stand-in for `Writer.tail`: nothing is written."""
 
 
-def _chunks(rows: Iterable[list[Cell]], size: int) -> Iterator[list[list[Cell]]]:
-    """Lists of up to `size` rows (islice does the batching in C)."""
+def _chunks(rows: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
+    """Lists of up to `size` items (islice does the batching in C)."""
     it = iter(rows)
     while chunk := list(itertools.islice(it, size)):
         yield chunk

@@ -9,7 +9,6 @@ a cached person cost one dict look-up, as before.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -17,15 +16,16 @@ from typing import Final
 from batch_enricher.columns import ColumnMap
 from batch_enricher.interrupts import Interrupts
 from batch_enricher.journal import Journal
-from batch_enricher.models import Invalid, Person, Status
+from batch_enricher.models import Person, Status
+from batch_enricher.plausible import NameProfile
 from batch_enricher.progress import Progress
-from batch_enricher.reader import Cell, Source
+from batch_enricher.reader import Source
+from batch_enricher.rowcheck import RowCheck
 from batch_enricher.spill import Spill
 from batch_enricher.summary import FileSummary, RunSummary
-from batch_enricher.validate import check_row
 
 LOOKUP_BATCH: Final = 500  # keys per journal (and spill) look-up while planning and writing
-MEMO_SIZE: Final = 1 << 16  # rows' verdicts and people's results kept in memory at most
+MEMO_SIZE: Final = 1 << 16  # people's results kept in memory at most in the write pass
 #: People whose planning state is cached in memory at most; the rest is in the spill only.
 _CACHE_SIZE: Final = 1 << 16
 _NOTE_EVERY: Final = 50_000  # rows between "planning: N rows read" notes
@@ -33,14 +33,26 @@ _NOTE_EVERY: Final = 50_000  # rows between "planning: N rows read" notes
 
 @dataclass
 class Input:
-    """One opened input file and where its rows go."""
+    """One opened input file, where its rows go, and how its rows are judged."""
 
     source: Source
     columns: ColumnMap
     output: Path
-    # indexes of the input columns that go to the output (earlier result columns dropped)
-    keep: list[int]
+    # indexes of the header's columns that are an earlier run's result block (replaced)
+    old_results: list[int]
     summary: FileSummary
+    names: NameProfile | None = None  # what the file's names are written in
+    _check: RowCheck | None = None
+
+    @property
+    def check(self) -> RowCheck:
+        """The row verdicts of this input (set by `bind` once the journal is open)."""
+        assert self._check is not None, "Input.bind(journal) first"
+        return self._check
+
+    def bind(self, journal: Journal) -> None:
+        """Judge rows with `journal`'s keys from now on."""
+        self._check = RowCheck(self.source, self.columns, self.names, journal.key)
 
 
 @dataclass
@@ -49,45 +61,13 @@ class Plan:
 
     calls: int = 0  # people to call
     resolved_rows: int = 0  # rows already final after planning (invalid, reused)
+    blank: int = 0  # blank rows: kept in place, nobody to ask
     already: Counter[Status] = field(default_factory=Counter)  # those rows, by status
     total_rows: int = 0
 
 
-class Rows:
-    """A row's verdict (`Person` or `Invalid`) and journal key, memoised on its raw fields.
-
-    Big files repeat few people, so most rows are one dict look-up on the three raw cells:
-    cheaper than validating (even memoised) and hashing the `Person` to find its key.
-    Only all-text triples are memoised here: `check` tells an int from an equal float, a
-    plain dict would not.
-    """
-
-    def __init__(self, journal: Journal) -> None:
-        self._journal = journal
-        #: raw (name, ID, mobile) cells → verdict and key; the hot loops read it directly
-        self.memo: dict[tuple[Cell, Cell, Cell], tuple[Person | Invalid, bytes | None]] = {}
-
-    def __call__(
-        self, row: Sequence[Cell], columns: ColumnMap, width: int
-    ) -> tuple[Person | Invalid, bytes | None]:
-        raw = None
-        if len(row) == width:
-            raw = (row[columns.realname], row[columns.idcard], row[columns.mobile])
-            hit = self.memo.get(raw)
-            if hit is not None:
-                return hit
-        result = check_row(row, columns, width)
-        entry = (result, self._journal.key(result) if isinstance(result, Person) else None)
-        if raw is not None and all(type(cell) is str for cell in raw):
-            if len(self.memo) >= MEMO_SIZE:
-                self.memo.clear()
-            self.memo[raw] = entry
-        return entry
-
-
 def make_plan(
     inputs: list[Input],
-    rows: Rows,
     journal: Journal,
     spill: Spill,
     cutoff: float | None,
@@ -96,7 +76,7 @@ def make_plan(
     interrupts: Interrupts,
 ) -> Plan:
     """Read every row once; fill `spill` with the run's people and `summary` with the counts."""
-    planner = _Planner(rows, journal, spill, cutoff, summary)
+    planner = _Planner(journal, spill, cutoff, summary)
     return planner.run(inputs, progress, interrupts)
 
 
@@ -111,13 +91,12 @@ class _Planner:
 
     def __init__(
         self,
-        rows: Rows,
         journal: Journal,
         spill: Spill,
         cutoff: float | None,
         summary: RunSummary,
     ) -> None:
-        self.rows, self.journal, self.spill = rows, journal, spill
+        self.journal, self.spill = journal, spill
         self.cutoff, self.summary = cutoff, summary
         self.plan = Plan()
         self.identities = 0
@@ -128,21 +107,23 @@ class _Planner:
         self.evicted = False  # whether the spill holds people the cache does not
 
     def run(self, inputs: list[Input], progress: Progress, interrupts: Interrupts) -> Plan:
-        memo, resolve = self.rows.memo, self.rows
         new, new_rows, extra = self.new, self.new_rows, self.extra
-        total = invalid = valid = 0
+        total = invalid = valid = blank = 0
         for item in inputs:
-            columns = item.columns
-            width = len(item.source.headers)
+            columns, resolve = item.columns, item.check
+            memo, top = resolve.memo, resolve.top if not resolve.damaged else 1 << 30
             n_at, i_at, m_at = columns.realname, columns.idcard, columns.mobile
-            for row in item.source.rows():
+            for number, row in item.source.numbered_rows():
                 if interrupts.requested:
                     break  # nothing is sent after a signal; the write pass still covers every row
+                hit = memo.get((row[n_at], row[i_at], row[m_at])) if len(row) > top else None
+                result, key = hit if hit is not None else resolve(number, row)
+                if result is None:
+                    blank += 1
+                    continue
                 total += 1
                 if total % _NOTE_EVERY == 0:
                     progress.note(f"planning: {total:,} rows read")
-                hit = memo.get((row[n_at], row[i_at], row[m_at])) if len(row) == width else None
-                result, key = hit if hit is not None else resolve(row, columns, width)
                 if key is None:
                     invalid += 1
                     continue
@@ -163,7 +144,7 @@ class _Planner:
         self._flush()
         self._evict()
         plan, summary = self.plan, self.summary
-        plan.total_rows = total
+        plan.total_rows, plan.blank = total, blank
         if invalid:
             plan.resolved_rows += invalid
             plan.already[Status.INVALID] += invalid

@@ -122,7 +122,7 @@ class Source:
         """The rows above the header row, as read."""
         return [list(row) for row in self._preamble]
 
-    def rows(self) -> Iterator[list[Cell]]:
+    def rows(self) -> Generator[list[Cell], None, None]:
         """Every row after the header, from the top of the file on each call (see module)."""
         records = self._records()
         widest = max([len(self.headers), *map(len, self._preamble)])

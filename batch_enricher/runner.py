@@ -28,7 +28,7 @@ from typing import Final
 
 from batch_enricher import bands as bands_mod
 from batch_enricher.client import DEFAULT_ENDPOINT, RetryPolicy
-from batch_enricher.columns import existing_result_columns, find_columns
+from batch_enricher.columns import RESULT_COLUMNS, ColumnNames, existing_result_columns
 from batch_enricher.dispatch import dispatch
 from batch_enricher.errors import ConfigError, InputError, OutputError
 from batch_enricher.guards import RunControl
@@ -36,9 +36,10 @@ from batch_enricher.interrupts import Interrupts
 from batch_enricher.join import Join, count_only, write
 from batch_enricher.journal import Journal
 from batch_enricher.models import Status
-from batch_enricher.plan import Input, Rows, make_plan
+from batch_enricher.plan import Input, make_plan
 from batch_enricher.progress import NullProgress, Progress
 from batch_enricher.reader import open_source
+from batch_enricher.rowcheck import name_profile
 from batch_enricher.spill import Spill
 from batch_enricher.summary import FileSummary, RunSummary
 from batch_enricher.writer import sweep_temporary_files
@@ -77,6 +78,7 @@ class EnrichOptions:
     mobile_col: str | None = None
     sheet: str | int | None = None
     encoding: str | None = None
+    header_row: int | None = None  # 1-based; None: the first of the first 20 rows that fits
     lock_timeout: float = 5.0
     new_journal: bool = False  # set the journal and its secret aside, start an empty pair
     band_tables: dict[str, bands_mod.Table] = field(
@@ -92,7 +94,8 @@ def default_output(path: Path, output_dir: Path | None) -> Path:
     PosixPath('in/customers.enriched.csv')
     """
     suffix = path.suffix.lower()
-    ext = {".xls": ".xlsx", ".xlsm": ".xlsx", ".txt": ".csv"}.get(suffix, suffix)
+    # An .xlsm stays .xlsm: the output is the same workbook, macros included.
+    ext = {".xls": ".xlsx", ".txt": ".csv"}.get(suffix, suffix)
     folder = output_dir if output_dir is not None else path.parent
     return folder / f"{path.stem}.enriched{ext}"
 
@@ -151,20 +154,44 @@ def _make_output_dir(folder: Path) -> None:
             raise OutputError(f"cannot create the output folder {folder}: {reason}") from err
 
 
-def _open_inputs(options: EnrichOptions, outputs: list[Path]) -> list[Input]:
+def _open_inputs(options: EnrichOptions, outputs: list[Path], progress: Progress) -> list[Input]:
     opened: list[Input] = []
+    names = ColumnNames(options.name_col, options.idcard_col, options.mobile_col)
     for path, output in zip(options.inputs, outputs, strict=True):
-        source = open_source(path, sheet=options.sheet, encoding=options.encoding)
-        columns = find_columns(
-            source.headers,
-            realname=options.name_col,
-            idcard=options.idcard_col,
-            mobile=options.mobile_col,
+        source = open_source(
+            path,
+            sheet=options.sheet,
+            encoding=options.encoding,
+            header_row=options.header_row,
+            names=names,
         )
-        old = set(existing_result_columns(source.headers))
-        keep = [i for i in range(len(source.headers)) if i not in old]
-        opened.append(Input(source, columns, output, keep, FileSummary(path, output)))
+        assert source.columns is not None  # with `names`, a missing header is an InputError
+        if source.header_row > 1:
+            progress.note(f"{path}: the header is row {source.header_row}; the rows above it stay")
+        old = existing_result_columns(source.headers)
+        item = Input(source, source.columns, output, old, FileSummary(path, output))
+        item.names = name_profile(source, source.columns)
+        opened.append(item)
     return opened
+
+
+#: Columns a worksheet has (A to XFD).
+_SHEET_COLUMNS: Final = 16384
+
+
+def _check_room(inputs: list[Input], headers: str) -> None:
+    """Refuse, before anything is sent, a sheet with no room left for the result columns."""
+    block = len(RESULT_COLUMNS[headers])
+    for item in inputs:
+        if item.output.suffix.lower() not in (".xlsx", ".xlsm"):
+            continue
+        first = min(item.old_results) if item.old_results else item.source.width
+        if first + block > _SHEET_COLUMNS:
+            raise InputError(
+                f"{item.source.path}: a cell in column {item.source.width} leaves no room for the "
+                f"{block} result columns in a worksheet (at most {_SHEET_COLUMNS} columns); "
+                "delete the stray cells on the right, or write a .csv output"
+            )
 
 
 def exit_code_for(summary: RunSummary) -> int:
@@ -192,7 +219,7 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
     if not options.dry_run:
         for out in outputs:  # what a killed run left beside them holds personal data
             sweep_temporary_files(out)
-    inputs = _open_inputs(options, outputs)
+    inputs = _open_inputs(options, outputs, progress)
     state = options.state
     if state is None:
         from batch_enricher.journal import default_state_path
@@ -207,11 +234,13 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
         ) as journal,
         Spill() as spill,  # the run's people, off the heap; gone when the run ends
     ):
-        rows = Rows(journal)
+        for item in inputs:
+            item.bind(journal)
         cutoff = None if options.max_age is None else time.time() - options.max_age
         progress.phase("planning")
-        plan = make_plan(inputs, rows, journal, spill, cutoff, summary, progress, interrupts)
+        plan = make_plan(inputs, journal, spill, cutoff, summary, progress, interrupts)
         if not options.dry_run:
+            _check_room(inputs, options.headers)  # the widest row is known now
             interrupts.loop = asyncio.get_running_loop()
             if interrupts.reason is not None:  # a signal during planning: send nothing
                 control.stop(interrupts.reason)
@@ -228,7 +257,6 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
         # The same cutoff as planning, so rows agree with what was reused and what was (or in
         # a dry run would be) asked again; this run's own answers are found by key instead.
         join = Join(
-            rows,
             journal,
             cutoff,
             spill,

@@ -17,8 +17,9 @@ class FileSummary:
 
     input: Path
     output: Path | None
-    rows: int = 0
+    rows: int = 0  # rows of people (blank rows not included)
     statuses: Counter[Status] = field(default_factory=Counter)
+    blank: int = 0  # blank rows, kept in place with empty result cells
     #: per model, rows per band (ok rows only), for the XLSX summary charts
     bands: dict[str, Counter[str]] = field(default_factory=dict)
 
@@ -88,6 +89,7 @@ class RunSummary:
                 "output": str(f.output) if f.output else None,
                 "rows": f.rows,
                 **{status.value: f.statuses[status] for status in Status},
+                **({"blank": f.blank} if f.blank else {}),
             }
             for f in self.files
         ]

@@ -122,8 +122,11 @@ def open_writer(
     status_column: int | None = None,
     escape_formulas: bool = True,
     sheet_title: str = "Sheet1",
+    preamble: Sequence[Sequence[Cell]] = (),
 ) -> Writer:
     """Open a streaming writer for `path` (.csv, .tsv or .xlsx) and write the header row.
+
+    `preamble` rows (a title above the header, say) are written first, as they are.
 
     >>> with open_writer(Path("out.csv"), ["name"]) as w:  # doctest: +SKIP
     ...     w.write_row(["=1+1"])
@@ -148,6 +151,7 @@ def open_writer(
                 text_columns=frozenset(text_columns),
                 status_column=status_column,
                 sheet_title=sheet_title,
+                header_index=len(preamble),
             )
         else:
             # UTF-8 with a BOM, so Excel opens it as UTF-8. The BOM is written by hand: the
@@ -162,6 +166,8 @@ def open_writer(
         temp.remove()
         raise
     with _aborting_on_error(writer):
+        for row in preamble:
+            writer.write_row(row)
         writer.write_row(headers)
     return writer
 
@@ -337,6 +343,7 @@ class _XlsxWriter(Writer):
         text_columns: frozenset[int],
         status_column: int | None,
         sheet_title: str,
+        header_index: int = 0,
     ) -> None:
         super().__init__(target, temp)
         from openpyxl import Workbook
@@ -352,6 +359,7 @@ class _XlsxWriter(Writer):
         self._status_column = status_column
         self._pending: list[list[Cell]] | None = []  # None once the sample has been flushed
         self._rows = 0
+        self._header_index = header_index  # 0-based: rows above it are a preamble, kept as is
         self._bold = Font(bold=True)
         self._status_styles = {
             status: (PatternFill("solid", fgColor=fill), Font(color=font))
@@ -378,12 +386,17 @@ class _XlsxWriter(Writer):
 
         pending, self._pending = self._pending or [], None
         ws = self._ws
-        for index, width in enumerate(_column_widths(pending, self._ncols), 1):
+        for index, width in enumerate(
+            _column_widths(pending[self._header_index :], self._ncols), 1
+        ):
             ws.column_dimensions[get_column_letter(index)].width = width
-        ws.freeze_panes = "A2"
+        ws.freeze_panes = f"A{self._header_index + 2}"
         self._spill_beside(ws)
         for number, row in enumerate(pending):
-            self._append(row, header=number == 0)
+            if number < self._header_index:
+                self._ws.append([self._typed(value) for value in row])
+            else:
+                self._append(row, header=number == self._header_index)
 
     def _append(self, cells: Sequence[Cell], *, header: bool) -> None:
         out: list[object] = []
@@ -447,7 +460,8 @@ class _XlsxWriter(Writer):
             self._flush_sample()
         # The filter is written after the rows, so the final row count can still go in here.
         last = get_column_letter(max(self._ncols, 1))
-        self._ws.auto_filter.ref = f"A1:{last}{max(self._rows, 1)}"
+        top = self._header_index + 1
+        self._ws.auto_filter.ref = f"A{top}:{last}{max(self._rows, top)}"
         if summary is not None:
             self._add_summary(summary)
         with open(self._temp.path, "wb") as stream:

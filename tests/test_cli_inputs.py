@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import xlwt
 from click.testing import Result
 from stdnum.cn.ric import calc_check_digit
 
+from batch_enricher.columns import RESULT_COLUMNS
 from tests.conftest import Served, person, read_csv, write_csv
 
 Run = Callable[..., Result]
@@ -244,7 +246,7 @@ def test_bad_files_get_one_line_and_exit_1_and_no_output(
     assert run("validate", str(path)).exit_code == 1
 
 
-def test_ragged_rows_get_a_reason_not_a_crash(
+def test_ragged_rows_keep_every_cell_and_are_enriched(
     tmp_path: Path, sandbox: Callable[..., Served], enrich_at: Run
 ) -> None:
     server = sandbox()
@@ -258,7 +260,15 @@ def test_ragged_rows_get_a_reason_not_a_crash(
     result = enrich_at(server, str(src), "-o", str(tmp_path / "o.csv"))
 
     assert result.exit_code == 0, result.output
-    rows = read_csv(tmp_path / "o.csv")
-    assert [r["status"] for r in rows] == ["ok", "invalid", "invalid"]
-    assert "手机号" in rows[1]["error_reason"] or "mobile" in rows[1]["error_reason"]
-    assert "6 cells" in rows[2]["error_reason"]
+    with (tmp_path / "o.csv").open(encoding="utf-8-sig", newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    # The result block starts after the widest row: the unlabelled cells keep their place.
+    assert header == ["姓名", "身份证号", "手机号", "备注", "", "", *RESULT_COLUMNS["en"]]
+    assert [r[:6] for r in rows] == [
+        [n, i, m, "a", "", ""],
+        [n, i, "", "", "", ""],
+        [n, i, m, "b", "extra", "more"],
+    ]
+    assert [r[6] for r in rows] == ["ok", "invalid", "ok"], "a row with extra cells is enriched"
+    assert "手机号" in rows[1][8]
+    assert server.stats.requests == 1, "the same person, asked once"

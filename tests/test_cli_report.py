@@ -229,7 +229,7 @@ def _scripted(replies: dict[str, dict[str, object]]) -> web.Application:
 
 
 def _five_statuses(tmp_path: Path, serve_app: Callable[..., Served], run: Run,
-                   *extra: str) -> tuple[Path, Result]:  # fmt: skip
+                   *extra: str, source: str = "xlsx") -> tuple[Path, Result]:  # fmt: skip
     """One row of each status: rejected, failed, invalid, ok, skipped (in that order)."""
     scores = {"orderid": "JH1", "range": "16", "history": "95", "stability": "85"}
     ok = {"error_code": 0, "reason": "成功", "result": scores}
@@ -241,8 +241,11 @@ def _five_statuses(tmp_path: Path, serve_app: Callable[..., Served], run: Run,
     }
     server = serve_app(_scripted(replies))
     bad_mobile = (person(2)[0], person(2)[1], "1234")
-    src = _people_xlsx(tmp_path / "in.xlsx",
-                       [person(0), person(1), bad_mobile, person(3), person(4)])  # fmt: skip
+    people = [person(0), person(1), bad_mobile, person(3), person(4)]
+    if source == "xlsx":
+        src = _people_xlsx(tmp_path / "in.xlsx", people)
+    else:
+        src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
     out = tmp_path / "out.xlsx"
     result = run("enrich", str(src), "-o", str(out), "--key", "k", "--endpoint", server.url,
                  "--concurrency", "1", "--max-billed", "1", *fast("--max-retries", "0"),
@@ -254,10 +257,10 @@ def _summary(sheet: Worksheet) -> dict[str, object]:
     return {str(a): b for a, b, *_ in sheet.iter_rows(values_only=True) if a is not None}
 
 
-def test_xlsx_opens_ready_to_use(
+def test_xlsx_made_from_a_csv_opens_ready_to_use(
     tmp_path: Path, serve_app: Callable[..., Served], run: Run
 ) -> None:
-    out, result = _five_statuses(tmp_path, serve_app, run)
+    out, result = _five_statuses(tmp_path, serve_app, run, source="csv")
 
     assert result.exit_code == 3, result.output
     wb = openpyxl.load_workbook(out)
@@ -290,6 +293,31 @@ def test_xlsx_opens_ready_to_use(
     assert len(charts) == 3, "one bar chart per score"
 
 
+def test_xlsx_input_comes_back_as_the_same_workbook_with_the_results_added(
+    tmp_path: Path, serve_app: Callable[..., Served], run: Run
+) -> None:
+    out, result = _five_statuses(tmp_path, serve_app, run)
+
+    assert result.exit_code == 3, result.output
+    wb = openpyxl.load_workbook(out)
+    assert wb.sheetnames == ["Sheet", "Summary"], "the sheet keeps its name; Summary is added"
+    data = wb.worksheets[0]
+    assert data.freeze_panes is None, "the user's own view is kept (they froze nothing)"
+    assert data.auto_filter.ref == "A1:N6"
+    assert [c.value for c in data[1]] == HEADER + EN
+    assert data["C5"].value == int(person(3)[2]), "the user's numeric mobile cell is theirs"
+    statuses = [str(c.value) for c in data["D"][1:]]
+    assert statuses == ["rejected", "failed", "invalid", "ok", "skipped"]
+    colour = {"ok": GREEN, "invalid": AMBER, "rejected": AMBER, "failed": RED, "skipped": RED}
+    for cell in data["D"][1:]:  # the same colour (its alpha byte is written opaque, FF)
+        assert cell.fill.fgColor.rgb[-6:] == colour[str(cell.value)][-6:], cell.value
+    counts = _summary(wb["Summary"])
+    assert {s: counts[s] for s in colour} == {s: 1 for s in colour}
+    with zipfile.ZipFile(out) as archive:
+        charts = [n for n in archive.namelist() if re.fullmatch(r"xl/charts/chart\d+\.xml", n)]
+    assert len(charts) == 3, "one bar chart per score"
+
+
 def test_summary_sheet_lists_every_band_in_table_order(
     tmp_path: Path, serve_app: Callable[..., Served], run: Run
 ) -> None:
@@ -309,7 +337,7 @@ def test_chinese_headers_and_summary_sheet(
 
     assert result.exit_code == 3, result.output
     wb = openpyxl.load_workbook(out)
-    assert wb.sheetnames == ["Sheet1", "汇总"]
+    assert wb.sheetnames == ["Sheet", "汇总"], "the input's own sheet, under its own name"
     assert [c.value for c in wb.worksheets[0][1]] == HEADER + ZH
     counts = _summary(wb["汇总"])
     assert (counts["成功"], counts["本地校验失败"], counts["未发送"]) == (1, 1, 1)

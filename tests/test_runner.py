@@ -21,7 +21,7 @@ from tests.conftest import Served, person, write_csv
         ("customers.tsv", "customers.enriched.tsv"),
         ("customers.xlsx", "customers.enriched.xlsx"),
         ("legacy.xls", "legacy.enriched.xlsx"),
-        ("macro.xlsm", "macro.enriched.xlsx"),
+        ("macro.xlsm", "macro.enriched.xlsm"),  # the same workbook, macros kept
         ("export.txt", "export.enriched.csv"),
     ],
 )
