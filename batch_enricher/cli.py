@@ -5,6 +5,7 @@ No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal*.py and san
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -13,7 +14,7 @@ import sys
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
@@ -28,6 +29,7 @@ from batch_enricher.privacy import PiiFilter, scrub
 
 if TYPE_CHECKING:
     from batch_enricher.runner import EnrichOptions
+    from batch_enricher.store.url import TeamUrl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,7 +51,33 @@ _FAILURES: dict[int, type[_Failure]] = {1: _Failure, 4: _AbortFailure}
 
 
 def _fail(exc: EnricherError, secrets: tuple[str, ...] = ()) -> NoReturn:
-    raise _FAILURES.get(exc.exit_code, _Failure)(scrub(str(exc), secrets)) from None
+    raise _FAILURES.get(exc.exit_code, _Failure)(_shown(str(exc), secrets)) from None
+
+
+def _shown(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """A message fit to print: personal data, keys and database passwords masked."""
+    from batch_enricher.store.url import mask_urls
+
+    return scrub(mask_urls(text), secrets)
+
+
+class _StateType(click.ParamType[Any, Any]):
+    """`--state`: a journal file, or a team database's `postgresql://` URL (never echoed)."""
+
+    name = "path|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from batch_enricher.store.url import TeamUrl, parse_state
+
+        if isinstance(value, Path | TeamUrl):
+            return value
+        text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        if not text.strip():
+            self.fail("is empty", param, ctx)
+        parsed = parse_state(text)
+        if isinstance(parsed, Path) and parsed.is_dir():
+            self.fail(f"{text} is a folder; name the journal file in it", param, ctx)
+        return parsed
 
 
 def _load_config_option(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
@@ -175,7 +203,7 @@ def _check_written_paths(
 
     taken = {p.resolve(): "an input" for p in options.inputs}
     taken.update({p.resolve(): "an output" for p in resolve_outputs(options)})
-    if options.state is not None:
+    if isinstance(options.state, Path):
         taken.setdefault(options.state.resolve(), "the journal")
     for flag, path in (("--summary-json", summary_json), ("--log-file", log_file)):
         if path is None:
@@ -315,8 +343,24 @@ def cli() -> None:
 @click.option(
     "--state",
     envvar=ENV["state"],
+    type=_StateType(),
+    help="Journal: a file (default: under the user's state folder), or a team's "
+    "postgresql://user@host/db URL shared by every run that names it (see README, Team).",
+)
+@click.option(
+    "--secret-file",
+    envvar=ENV["secret_file"],
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Journal database (default: under the user's state folder).",
+    help="With a postgresql:// --state: the team's secret (every member needs a copy; the "
+    "first run on a new database creates it). Default: team.secret in the state folder.",
+)
+@click.option(
+    "--team-lease",
+    envvar="BATCH_ENRICHER_TEAM_LEASE",
+    type=_Number(min=0.5, max=3600.0),
+    default=30.0,
+    hidden=True,  # tests shorten it; the default is what a team wants
+    help="Seconds after a team run's last heartbeat that its claims are free again.",
 )
 @click.option(
     "--new-journal",
@@ -391,7 +435,9 @@ def enrich(
     uncertain_retries: int,
     retry_initial: float,
     retry_max: float,
-    state: Path | None,
+    state: Path | TeamUrl | None,
+    secret_file: Path | None,
+    team_lease: float,
     new_journal: bool,
     max_age: float | None,
     max_billed: int | None,
@@ -432,6 +478,8 @@ def enrich(
     from batch_enricher.runner import enrich as run_enrich
 
     secrets = (key,) if key else ()
+    if sandbox:
+        key = "sandbox"  # the emulator's; the CLI starts it below and hands the run its URL
     if output is not None and output_dir is not None:
         raise click.UsageError("use either -o/--output or --output-dir, not both")
     try:
@@ -452,9 +500,10 @@ def enrich(
                 uncertain_retries=uncertain_retries,
             ),
             state=state,
+            secret_file=secret_file,
+            team_lease=team_lease,
             max_age=max_age,
             max_billed=max_billed,
-            sandbox=sandbox,
             dry_run=dry_run,
             headers=header_lang,
             escape_formulas=not no_escape_formulas,
@@ -488,7 +537,8 @@ def enrich(
     try:
         progress = make_progress(quiet=quiet)
         try:
-            summary = run_enrich(options, progress)
+            with _sandbox_for(options, sandbox and not dry_run):
+                summary = run_enrich(options, progress)
         finally:
             progress.close()  # an error message must not land on the bar's line
     except EnricherError as exc:
@@ -501,6 +551,19 @@ def enrich(
         except EnricherError as exc:
             _fail(exc, secrets)
     ctx.exit(summary.exit_code)
+
+
+@contextlib.contextmanager
+def _sandbox_for(options: EnrichOptions, wanted: bool) -> Iterator[None]:
+    """With --sandbox: serve the emulator on loopback and point the run at it."""
+    if not wanted:
+        yield
+        return
+    from batch_enricher.sandbox import SandboxConfig, running
+
+    with running(SandboxConfig()) as emulator:
+        options.endpoint = emulator.url
+        yield
 
 
 @cli.command()
@@ -823,10 +886,10 @@ def main() -> None:
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
     except Exception as exc:
-        click.echo(f"Error: unexpected {type(exc).__name__}: {scrub(str(exc))}", err=True)
+        click.echo(f"Error: unexpected {type(exc).__name__}: {_shown(str(exc))}", err=True)
         # Not log.isEnabledFor: the logger is always at DEBUG (the --log-file wants everything).
         if _verbose():
-            click.echo(scrub(traceback.format_exc()), err=True)
+            click.echo(_shown(traceback.format_exc()), err=True)
         click.echo("please report this (see SECURITY.md / README); rerunning is safe", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

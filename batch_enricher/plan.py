@@ -16,11 +16,11 @@ from typing import Final
 
 from batch_enricher.columns import ColumnMap
 from batch_enricher.interrupts import Interrupts
-from batch_enricher.journal import Journal
 from batch_enricher.models import Invalid, Person, Status
 from batch_enricher.progress import Progress
 from batch_enricher.reader import Cell, Source
 from batch_enricher.spill import Spill
+from batch_enricher.store.base import Journal
 from batch_enricher.summary import FileSummary, RunSummary
 from batch_enricher.validate import check_row
 
