@@ -45,9 +45,9 @@ def open_store(options: StoreOptions) -> Store:
     """Open the journal `options.state` names, checked and ready to write."""
     state = options.state
     if isinstance(state, TeamUrl):
-        from batch_enricher.errors import ConfigError
+        from batch_enricher.store.team import open_team_store
 
-        raise ConfigError(f"--state {state}: PostgreSQL journals are not supported yet")
+        return open_team_store(state, options)
     from batch_enricher.store.local import LocalStore
     from batch_enricher.store.sqlite import Journal as SqliteJournal
     from batch_enricher.store.sqlite import default_state_path
