@@ -100,6 +100,47 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         )""",
         "CREATE INDEX be_answers_received_at ON be_answers (received_at)",
     ),
+    # Version 2: what runs sharing the database coordinate through (store/team.py).
+    2: (
+        # Live runs: who they are, their --qps (the lowest live one is the account's rate),
+        # when the server last heard from them, what they have sent.
+        """CREATE TABLE be_runs (
+            id        text PRIMARY KEY,
+            host      text NOT NULL,
+            username  text NOT NULL,
+            pid       integer NOT NULL,
+            started   timestamptz NOT NULL DEFAULT now(),
+            last_seen timestamptz NOT NULL DEFAULT now(),
+            lease     double precision NOT NULL,
+            qps       double precision NOT NULL,
+            rate      double precision NOT NULL DEFAULT 0,
+            calls     bigint NOT NULL DEFAULT 0,
+            billed    bigint NOT NULL DEFAULT 0
+        )""",
+        # Who is asking about whom right now; a claim outlives its run's last heartbeat by the
+        # run's lease, then anyone may take it.
+        """CREATE TABLE be_claims (
+            key     bytea PRIMARY KEY,
+            run_id  text NOT NULL,
+            expires timestamptz NOT NULL
+        )""",
+        "CREATE INDEX be_claims_run ON be_claims (run_id)",
+        # The account, one row: the shared send schedule and what every run must know.
+        """CREATE TABLE be_account (
+            id           integer PRIMARY KEY CHECK (id = 1),
+            last_slot    timestamptz NOT NULL DEFAULT '-infinity',
+            last_rate    double precision NOT NULL DEFAULT 0,
+            slow_rate    double precision,
+            slow_at      timestamptz,
+            quota_until  timestamptz,
+            quota_reason text,
+            abort_code   integer,
+            abort_reason text,
+            abort_at     timestamptz,
+            abort_key    bytea
+        )""",
+        "INSERT INTO be_account (id) VALUES (1)",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
