@@ -249,6 +249,10 @@ class SharedPacer:
     def slow_down(self) -> None:
         """On 10011: halve the account's rate (once per window for all runs) from the next slot."""
         self._slow_pending = True
+        self.forget_slots()
+
+    def forget_slots(self) -> None:
+        """Drop the slots reserved and not yet used: the next one comes from the schedule."""
         self._slots.clear()
 
     async def _reserve(self) -> None:
@@ -317,6 +321,11 @@ class TeamSession:
     @property
     def pacer(self) -> Limiter:
         """The account's shared schedule."""
+        return self._pacer
+
+    @property
+    def schedule(self) -> SharedPacer:
+        """The pacer, as what it is."""
         return self._pacer
 
     @property
@@ -420,10 +429,14 @@ class TeamSession:
             await self._conn.execute(_HEARTBEAT, params)
             await self._conn.execute(_RENEW, params)
 
+    async def news_sent(self) -> None:
+        """Wait (a little) until what this run told the other runs is written."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=_PUBLISH_WAIT_S)
+
     async def finish(self) -> None:
         """Let the news go out, then leave: this run's claims and its row are deleted."""
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=_PUBLISH_WAIT_S)
+        await self.news_sent()
         with pg_errors(self._url, "leave", sent=True):
             await self._conn.execute(_LEAVE, {"run": self.run_id})
 
