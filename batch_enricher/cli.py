@@ -755,13 +755,37 @@ def codes_command() -> None:
 
 
 def _state_option(f: F) -> F:
-    """--state, as `enrich` takes it."""
+    """--state, as `enrich` takes it: a journal file or a team database's URL."""
     return click.option(
         "--state",
         envvar=ENV["state"],
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Journal database (default: under the user's state folder).",
+        type=_StateType(),
+        help="Journal: a file (default: under the user's state folder) or a postgresql:// URL.",
     )(f)
+
+
+def _secret_option(f: F) -> F:
+    """--secret-file, as `enrich` takes it."""
+    return click.option(
+        "--secret-file",
+        envvar=ENV["secret_file"],
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="A team database's secret (default: team.secret in the state folder).",
+    )(f)
+
+
+def _local_only(state: Path | TeamUrl | None, command: str) -> Path:
+    """The journal file for a command that works on SQLite journals only."""
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.store.url import TeamUrl
+
+    if isinstance(state, TeamUrl):
+        raise _Failure(
+            f"journal {command} works on a local SQLite journal only; a team database is "
+            "checked and repaired with PostgreSQL's own tools (see `batch-enricher journal "
+            "status` for what it holds)"
+        )
+    return state or default_state_path()
 
 
 @cli.command()
@@ -772,44 +796,92 @@ def _state_option(f: F) -> F:
     help="Delete answers older than this (e.g. 90d).",
 )
 @_state_option
-def purge(older_than: float, state: Path | None) -> None:
-    """Delete journal answers older than --older-than (retention).
+def purge(older_than: float, state: Path | TeamUrl | None) -> None:
+    """Delete journal answers older than --older-than (retention), locally or in a team database.
 
     \b
-    Example:
+    Examples:
         batch-enricher purge --older-than 90d
+        batch-enricher purge --older-than 90d --state postgresql://batch@db/enricher
     """
-    from batch_enricher.journal import Journal, default_state_path
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.store.admin import purge as purge_store
 
-    path = state or default_state_path()
-    if not path.exists():
-        click.echo(f"no journal at {path}; nothing to purge")
+    where = state or default_state_path()
+    if isinstance(where, Path) and not where.exists():
+        click.echo(f"no journal at {where}; nothing to purge")
         return
     try:
-        with Journal.open(path) as journal:
-            removed = journal.purge(time.time() - older_than)
-            left = journal.count()
+        removed, left = purge_store(where, time.time() - older_than)
     except EnricherError as exc:
         _fail(exc)
-    click.echo(f"purged {removed} answer(s) older than the cutoff; {left} kept in {path}")
+    click.echo(f"purged {removed} answer(s) older than the cutoff; {left} kept in {where}")
 
 
 @cli.group(name="journal")
 def journal_group() -> None:
-    """Check the journal of paid answers, or recover a damaged one.
+    """Look after the journal of paid answers: status, copy, check, recover.
 
     \b
     Examples:
+        batch-enricher journal status --state postgresql://batch@db/enricher
+        batch-enricher journal copy ~/.local/state/batch-enricher/journal.sqlite3 \\
+            postgresql://batch@db/enricher --secret-file ~/team.secret
         batch-enricher journal check
         batch-enricher journal recover --state ~/jobs/journal.sqlite3
     """
 
 
+@journal_group.command(name="status")
+@_state_option
+@_secret_option
+def journal_status(state: Path | TeamUrl | None, secret_file: Path | None) -> None:
+    """What the journal holds; for a team database, its live runs, rate and breakers.
+
+    \b
+    Example:
+        batch-enricher journal status --state postgresql://batch@db/enricher
+    """
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.store.admin import journal_status as status_of
+
+    try:
+        status = status_of(state or default_state_path(), secret_file=secret_file)
+    except EnricherError as exc:
+        _fail(exc)
+    click.echo("\n".join(status.lines()))
+
+
+@journal_group.command(name="copy")
+@click.argument("source", type=_StateType())
+@click.argument("dest", type=_StateType())
+@_secret_option
+def journal_copy(source: Path | TeamUrl, dest: Path | TeamUrl, secret_file: Path | None) -> None:
+    """Copy every answer from SOURCE into DEST: a local journal into a team database, or back.
+
+    Keys are keyed hashes, so both must use one secret: a new team database is bound to the
+    local journal's (its secret file is created from it), an existing one must already be.
+    Where both hold an answer for a person, the newer is kept. Nothing is deleted.
+
+    \b
+    Example:
+        batch-enricher journal copy ~/.local/state/batch-enricher/journal.sqlite3 \\
+            postgresql://batch@db/enricher --secret-file ~/team.secret
+    """
+    from batch_enricher.store.admin import copy_journal
+
+    try:
+        report = copy_journal(source, dest, secret_file=secret_file)
+    except EnricherError as exc:
+        _fail(exc)
+    click.echo(report.message())
+
+
 @journal_group.command(name="check")
 @_state_option
 @click.pass_context
-def journal_check(ctx: click.Context, state: Path | None) -> None:
-    """Check the journal without changing it: integrity, answers, schema, secret.
+def journal_check(ctx: click.Context, state: Path | TeamUrl | None) -> None:
+    """Check a local journal without changing it: integrity, answers, schema, secret.
 
     Exits 0 when a run can use it, 1 when not (the report says what to do next).
 
@@ -817,11 +889,10 @@ def journal_check(ctx: click.Context, state: Path | None) -> None:
     Example:
         batch-enricher journal check --state ~/jobs/journal.sqlite3
     """
-    from batch_enricher.journal import default_state_path
     from batch_enricher.journal_repair import check_journal
 
     try:
-        report = check_journal(state or default_state_path())
+        report = check_journal(_local_only(state, "check"))
     except EnricherError as exc:
         _fail(exc)
     click.echo("\n".join(report.lines()))
@@ -837,8 +908,8 @@ def journal_check(ctx: click.Context, state: Path | None) -> None:
     show_default=True,
     help="Seconds to wait for another run's journal lock.",
 )
-def journal_recover(state: Path | None, lock_timeout: float) -> None:
-    """Copy every readable answer of a damaged journal into a new one.
+def journal_recover(state: Path | TeamUrl | None, lock_timeout: float) -> None:
+    """Copy every readable answer of a damaged local journal into a new one.
 
     The new journal takes the old one's place and keeps its secret, so no answer that could
     be read is paid for again; the damaged file is renamed beside it, never deleted.
@@ -847,11 +918,10 @@ def journal_recover(state: Path | None, lock_timeout: float) -> None:
     Example:
         batch-enricher journal recover --state ~/jobs/journal.sqlite3
     """
-    from batch_enricher.journal import default_state_path
     from batch_enricher.journal_repair import recover_journal
 
     try:
-        recovery = recover_journal(state or default_state_path(), lock_timeout=lock_timeout)
+        recovery = recover_journal(_local_only(state, "recover"), lock_timeout=lock_timeout)
     except EnricherError as exc:
         _fail(exc)
     click.echo(recovery.message())

@@ -115,6 +115,15 @@ _UPSERT: Final = (
 )
 #: Store a row made by `storable_row`, keeping the one already there (copying a journal).
 COPY_SQL: Final = _UPSERT.replace("OR REPLACE", "OR IGNORE")
+# Store a row made by `storable_row` unless the one already there is newer (`journal copy`).
+_MERGE: Final = (
+    f"INSERT INTO answers (key, {_COLUMNS}, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET status = excluded.status, "
+    "error_code = excluded.error_code, reason = excluded.reason, orderid = excluded.orderid, "
+    "range_score = excluded.range_score, history_score = excluded.history_score, "
+    "stability_score = excluded.stability_score, queried_at = excluded.queried_at, "
+    "received_at = excluded.received_at WHERE excluded.received_at > answers.received_at"
+)
 
 
 def default_state_path() -> Path:
@@ -256,6 +265,18 @@ class Journal:
         for (key, answer), row in zip(pairs, rows, strict=True):
             self._remember(bytes(key), float(row[-1]), answer)
         self._tighten_sidecars()
+
+    def merge(self, rows: Iterable[Sequence[bytes | str | int | float]]) -> None:
+        """Store rows made by `storable_row` in one transaction; where this journal already
+        has an answer for the person, the newer of the two is kept (`journal copy`)."""
+        self._memo.clear()
+        with self._transaction("write") as conn:
+            conn.executemany(_MERGE, rows)
+
+    @property
+    def secret(self) -> bytes:
+        """The secret the keys are made with."""
+        return self._secret
 
     def purge(self, older_than: float) -> int:
         """Delete answers received before `older_than` (epoch s); returns how many went."""
