@@ -13,6 +13,7 @@ PostgreSQL are never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -29,7 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 
-__all__ = ["PgServer", "pg_server", "pg_url"]
+__all__ = ["PgServer", "pg_server", "pg_url", "running_server"]
 
 
 def _bin_dir() -> Path:
@@ -83,9 +84,12 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv]
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One PostgreSQL server for the whole test session, on 127.0.0.1."""
+@contextlib.contextmanager
+def running_server() -> Iterator[PgServer]:
+    """Start a throw-away PostgreSQL server on 127.0.0.1; stopped and removed on exit.
+
+    Also what the benchmark's team part uses (bench/run.py --team).
+    """
     bin_dir = _bin_dir()
     folder = Path(tempfile.mkdtemp(prefix="be-pg-"))
     data = folder / "data"
@@ -156,6 +160,13 @@ def pg_server() -> Iterator[PgServer]:
             cwd=folder,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server for the whole test session, on 127.0.0.1."""
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture

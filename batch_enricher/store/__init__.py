@@ -47,6 +47,14 @@ def open_store(options: StoreOptions) -> Store:
     if isinstance(state, TeamUrl):
         from batch_enricher.store.team import open_team_store
 
+        if options.new_journal:
+            from batch_enricher.errors import ConfigError
+
+            raise ConfigError(
+                "--new-journal sets a local journal file aside; a team database is not "
+                "started over by a run (use another database, or purge it)"
+            )
+
         return open_team_store(state, options)
     from batch_enricher.store.local import LocalStore
     from batch_enricher.store.sqlite import Journal as SqliteJournal
