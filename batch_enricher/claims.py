@@ -59,7 +59,7 @@ class Claimer:
         self._ready: deque[Todo] = deque()
         self._held: dict[bytes, tuple[Person, int, float]] = {}  # key → person, rows, since
         self._todo_done = False
-        self._polled = -float("inf")
+        self._polled = clock()  # people just found held are looked at again POLL_S later
 
     @property
     def waiting(self) -> int:

@@ -13,7 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+from click.testing import Result
+
+from batch_enricher.models import Person
 from batch_enricher.sandbox import expected_answer
+from batch_enricher.store import StoreOptions, TeamUrl, open_store
 from tests.conftest import Served, person, read_csv, write_csv
 from tests.team import Member, enrich_argv
 
@@ -67,6 +72,7 @@ def test_three_runs_together_pay_once_and_share_the_rate(
         member.start()
     codes = [member.wait() for member in members]
     whole = max(m.ended for m in members) - min(m.started for m in members)
+    t0 = min(m.started for m in members)
     for member in members:
         assert member.returncode in (0, 3), member.stderr
     stats = server.stats
@@ -74,7 +80,10 @@ def test_three_runs_together_pay_once_and_share_the_rate(
     assert stats.requests > 0
     limited = sum(1 for code in stats.answered if code == 10011)
     assert limited <= 0.01 * stats.requests, (limited, stats.requests)
-    assert whole <= 1.35 * DISTINCT / QPS, whole
+    # Said when the bound is missed: when each run ended, its calls and its own elapsed time.
+    timing = [(round(m.ended - t0, 2), m.summary()["api_calls"], m.summary()["elapsed_s"])
+              for m in members]  # fmt: skip
+    assert whole <= 1.35 * DISTINCT / QPS, (whole, timing)
     # At most one rerun of each run that exited 3 completes every output.
     for member, code in zip(members, codes, strict=True):
         if code == 3:
@@ -149,3 +158,37 @@ def test_a_member_killed_mid_way_blocks_nobody_for_long(
         assert len(rows) == 150 and {row["status"] for row in rows} <= {"ok", "rejected"}
     twice = sum(1 for n in server.stats.billed_by_identity.values() if n > 1)
     assert twice <= 4  # at most the killed run's calls in flight (--concurrency 4)
+
+
+def test_a_person_another_run_keeps_asking_about_is_skipped_then_filled_by_a_rerun(
+    sandbox: Callable[..., Served], pg_url: str, tmp_path: Path, run: Callable[..., Result]
+) -> None:
+    server = sandbox()
+    people = [person(i) for i in range(6)]
+    src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
+    secret = tmp_path / "team.secret"
+    out = tmp_path / "out.csv"
+    argv = [*enrich_argv(src, out, pg_url, secret, server.url), "--team-lease", "1"]
+    # A live run elsewhere has claimed the first person and keeps its claim alive.
+    store = open_store(StoreOptions(state=TeamUrl(pg_url), secret_file=secret))
+    key = store.journal.key(Person(people[0][0], people[0][1], people[0][2]))
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO be_claims (key, run_id, expires) "
+            "VALUES (%s, 'elsewhere', now() + interval '1 hour')",
+            (key,),
+        )
+    first = run(*argv)
+    assert first.exit_code == 3, first.output
+    rows = read_csv(out)
+    assert rows[0]["status"] == "skipped"
+    assert "being queried by another run" in rows[0]["error_reason"]
+    assert {row["status"] for row in rows[1:]} <= {"ok", "rejected"}
+    assert server.stats.requests == 5  # never sent while the other run had it
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM be_claims WHERE run_id = 'elsewhere'")  # it finished
+    again = run(*argv)
+    assert again.exit_code == 0, again.output
+    assert read_csv(out)[0]["status"] in ("ok", "rejected")
+    assert server.stats.requests == 6
