@@ -190,3 +190,21 @@ def test_enrich_with_a_team_journal_pays_once(
     assert again.exit_code == 0, again.output
     assert server.stats.requests == 20  # every answer came from the team journal
     assert {row["status"] for row in read_csv(tmp_path / "out.csv")} <= {"ok", "rejected"}
+
+
+def test_a_connection_dropped_while_idle_is_made_again(
+    pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    with PgJournal.open(TeamUrl(pg_url), tmp_path / "team.secret") as journal:
+        key = journal.key(PERSON)
+        journal.put(key, answer())
+        database = pg_url.rsplit("/", 1)[1]
+        with pg_server.admin() as admin:  # what a server restart or a firewall does
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+        assert journal.get(key) == answer()
+        journal.put(key, answer("J2"))
+        assert journal.count() == 1

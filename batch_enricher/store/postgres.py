@@ -28,11 +28,12 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from batch_enricher.errors import ConfigError, JournalError, JournalMismatchError
 from batch_enricher.journal_identity import (
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("batch_enricher")
+T = TypeVar("T")
 
 #: What `pip` needs to talk to PostgreSQL; said in the message when it is missing.
 INSTALL_HINT: Final = "pip install 'batch-enricher[postgres]'"
@@ -418,23 +420,22 @@ class PgJournal:
         self, keys: Iterable[bytes], *, newer_than: float | None = None
     ) -> dict[bytes, Answer]:
         """Stored answers of those keys that have one, looked up in batches of ≤ 500."""
-        conn = self._open_conn()
         found: dict[bytes, Answer] = {}
         cutoff = "" if newer_than is None else " AND received_at >= %s"
         sql = f"SELECT key, {ANSWER_COLUMNS} FROM be_answers WHERE key = ANY(%s){cutoff}"
         unique = iter(dict.fromkeys(keys))
         while chunk := list(islice(unique, _CHUNK)):
             params: tuple[Any, ...] = (chunk,) if newer_than is None else (chunk, newer_than)
-            with pg_errors(self._url, "read", sent=True):
-                rows = conn.execute(sql, params).fetchall()
+            rows = self._again("read", partial(_fetch_all, sql=sql, params=params))
             for row in rows:
                 found[bytes(row[0])] = answer_of(row[1:])
         return found
 
     def count(self) -> int:
         """How many people have a stored answer."""
-        with pg_errors(self._url, "read", sent=True):
-            row = self._open_conn().execute("SELECT count(*) FROM be_answers").fetchone()
+        row = self._again(
+            "read", lambda conn: conn.execute("SELECT count(*) FROM be_answers").fetchone()
+        )
         return int(row[0]) if row else 0
 
     def put(self, key: bytes, answer: Answer) -> None:
@@ -446,9 +447,12 @@ class PgJournal:
         rows = [answer_row(key, answer) for key, answer in items]
         if not rows:
             return
-        conn = self._open_conn()
-        with pg_errors(self._url, "write", sent=True), conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_UPSERT, rows)
+
+        def write(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_UPSERT, rows)  # an upsert: safe to repeat
+
+        self._again("write", write)
 
     def purge(self, older_than: float) -> int:
         """Delete answers received before `older_than` (epoch s); returns how many went."""
@@ -479,6 +483,30 @@ class PgJournal:
         if self._conn is None:
             raise JournalError(f"the team journal {self._url} is closed")
         return self._conn
+
+    def _again(self, action: str, work: Callable[[psycopg.Connection[tuple[Any, ...]]], T]) -> T:
+        """Do `work` (idempotent) on the connection; if the connection turns out to be lost
+        (a long dispatch leaves it idle, and a server or firewall may drop it), reconnect and
+        do it once more."""
+        conn = self._open_conn()
+        try:
+            with pg_errors(self._url, action, sent=True):
+                return work(conn)
+        except JournalError:
+            if not (conn.broken or conn.closed):
+                raise
+        log.debug("the team journal's connection was lost; connecting again")
+        with contextlib.suppress(Exception):
+            conn.close()
+        self._conn = connect(self._url)
+        with pg_errors(self._url, action, sent=True):
+            return work(self._conn)
+
+
+def _fetch_all(
+    conn: psycopg.Connection[tuple[Any, ...]], *, sql: str, params: tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, params).fetchall()
 
 
 def answer_row(key: bytes, answer: Answer) -> tuple[Any, ...]:
