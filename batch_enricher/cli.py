@@ -5,6 +5,7 @@ No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal*.py and san
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -13,7 +14,7 @@ import sys
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
@@ -28,6 +29,7 @@ from batch_enricher.privacy import PiiFilter, scrub
 
 if TYPE_CHECKING:
     from batch_enricher.runner import EnrichOptions
+    from batch_enricher.store.url import TeamUrl
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,7 +51,33 @@ _FAILURES: dict[int, type[_Failure]] = {1: _Failure, 4: _AbortFailure}
 
 
 def _fail(exc: EnricherError, secrets: tuple[str, ...] = ()) -> NoReturn:
-    raise _FAILURES.get(exc.exit_code, _Failure)(scrub(str(exc), secrets)) from None
+    raise _FAILURES.get(exc.exit_code, _Failure)(_shown(str(exc), secrets)) from None
+
+
+def _shown(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """A message fit to print: personal data, keys and database passwords masked."""
+    from batch_enricher.store.url import mask_urls
+
+    return scrub(mask_urls(text), secrets)
+
+
+class _StateType(click.ParamType[Any, Any]):
+    """`--state`: a journal file, or a team database's `postgresql://` URL (never echoed)."""
+
+    name = "path|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from batch_enricher.store.url import TeamUrl, parse_state
+
+        if isinstance(value, Path | TeamUrl):
+            return value
+        text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        if not text.strip():
+            self.fail("is empty", param, ctx)
+        parsed = parse_state(text)
+        if isinstance(parsed, Path) and parsed.is_dir():
+            self.fail(f"{text} is a folder; name the journal file in it", param, ctx)
+        return parsed
 
 
 def _load_config_option(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
@@ -175,7 +203,7 @@ def _check_written_paths(
 
     taken = {p.resolve(): "an input" for p in options.inputs}
     taken.update({p.resolve(): "an output" for p in resolve_outputs(options)})
-    if options.state is not None:
+    if isinstance(options.state, Path):
         taken.setdefault(options.state.resolve(), "the journal")
     for flag, path in (("--summary-json", summary_json), ("--log-file", log_file)):
         if path is None:
@@ -321,8 +349,24 @@ def cli() -> None:
 @click.option(
     "--state",
     envvar=ENV["state"],
+    type=_StateType(),
+    help="Journal: a file (default: under the user's state folder), or a team's "
+    "postgresql://user@host/db URL shared by every run that names it (see README, Team).",
+)
+@click.option(
+    "--secret-file",
+    envvar=ENV["secret_file"],
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Journal database (default: under the user's state folder).",
+    help="With a postgresql:// --state: the team's secret (every member needs a copy; the "
+    "first run on a new database creates it). Default: team.secret in the state folder.",
+)
+@click.option(
+    "--team-lease",
+    envvar="BATCH_ENRICHER_TEAM_LEASE",
+    type=_Number(min=0.5, max=3600.0),
+    default=30.0,
+    hidden=True,  # tests shorten it; the default is what a team wants
+    help="Seconds after a team run's last heartbeat that its claims are free again.",
 )
 @click.option(
     "--new-journal",
@@ -397,7 +441,9 @@ def enrich(
     uncertain_retries: int,
     retry_initial: float,
     retry_max: float,
-    state: Path | None,
+    state: Path | TeamUrl | None,
+    secret_file: Path | None,
+    team_lease: float,
     new_journal: bool,
     max_age: float | None,
     max_billed: int | None,
@@ -439,6 +485,8 @@ def enrich(
     from batch_enricher.runner import enrich as run_enrich
 
     secrets = (key,) if key else ()
+    if sandbox:
+        key = "sandbox"  # the emulator's; the CLI starts it below and hands the run its URL
     if output is not None and output_dir is not None:
         raise click.UsageError("use either -o/--output or --output-dir, not both")
     try:
@@ -459,9 +507,10 @@ def enrich(
                 uncertain_retries=uncertain_retries,
             ),
             state=state,
+            secret_file=secret_file,
+            team_lease=team_lease,
             max_age=max_age,
             max_billed=max_billed,
-            sandbox=sandbox,
             dry_run=dry_run,
             headers=header_lang,
             escape_formulas=not no_escape_formulas,
@@ -496,7 +545,8 @@ def enrich(
     try:
         progress = make_progress(quiet=quiet)
         try:
-            summary = run_enrich(options, progress)
+            with _sandbox_for(options, sandbox and not dry_run):
+                summary = run_enrich(options, progress)
         finally:
             progress.close()  # an error message must not land on the bar's line
     except EnricherError as exc:
@@ -509,6 +559,19 @@ def enrich(
         except EnricherError as exc:
             _fail(exc, secrets)
     ctx.exit(summary.exit_code)
+
+
+@contextlib.contextmanager
+def _sandbox_for(options: EnrichOptions, wanted: bool) -> Iterator[None]:
+    """With --sandbox: serve the emulator on loopback and point the run at it."""
+    if not wanted:
+        yield
+        return
+    from batch_enricher.sandbox import SandboxConfig, running
+
+    with running(SandboxConfig()) as emulator:
+        options.endpoint = emulator.url
+        yield
 
 
 @cli.command()
@@ -702,13 +765,37 @@ def codes_command() -> None:
 
 
 def _state_option(f: F) -> F:
-    """--state, as `enrich` takes it."""
+    """--state, as `enrich` takes it: a journal file or a team database's URL."""
     return click.option(
         "--state",
         envvar=ENV["state"],
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Journal database (default: under the user's state folder).",
+        type=_StateType(),
+        help="Journal: a file (default: under the user's state folder) or a postgresql:// URL.",
     )(f)
+
+
+def _secret_option(f: F) -> F:
+    """--secret-file, as `enrich` takes it."""
+    return click.option(
+        "--secret-file",
+        envvar=ENV["secret_file"],
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="A team database's secret (default: team.secret in the state folder).",
+    )(f)
+
+
+def _local_only(state: Path | TeamUrl | None, command: str) -> Path:
+    """The journal file for a command that works on SQLite journals only."""
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.store.url import TeamUrl
+
+    if isinstance(state, TeamUrl):
+        raise _Failure(
+            f"journal {command} works on a local SQLite journal only; a team database is "
+            "checked and repaired with PostgreSQL's own tools (see `batch-enricher journal "
+            "status` for what it holds)"
+        )
+    return state or default_state_path()
 
 
 @cli.command()
@@ -719,44 +806,92 @@ def _state_option(f: F) -> F:
     help="Delete answers older than this (e.g. 90d).",
 )
 @_state_option
-def purge(older_than: float, state: Path | None) -> None:
-    """Delete journal answers older than --older-than (retention).
+def purge(older_than: float, state: Path | TeamUrl | None) -> None:
+    """Delete journal answers older than --older-than (retention), locally or in a team database.
 
     \b
-    Example:
+    Examples:
         batch-enricher purge --older-than 90d
+        batch-enricher purge --older-than 90d --state postgresql://batch@db/enricher
     """
-    from batch_enricher.journal import Journal, default_state_path
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.store.admin import purge as purge_store
 
-    path = state or default_state_path()
-    if not path.exists():
-        click.echo(f"no journal at {path}; nothing to purge")
+    where = state or default_state_path()
+    if isinstance(where, Path) and not where.exists():
+        click.echo(f"no journal at {where}; nothing to purge")
         return
     try:
-        with Journal.open(path) as journal:
-            removed = journal.purge(time.time() - older_than)
-            left = journal.count()
+        removed, left = purge_store(where, time.time() - older_than)
     except EnricherError as exc:
         _fail(exc)
-    click.echo(f"purged {removed} answer(s) older than the cutoff; {left} kept in {path}")
+    click.echo(f"purged {removed} answer(s) older than the cutoff; {left} kept in {where}")
 
 
 @cli.group(name="journal")
 def journal_group() -> None:
-    """Check the journal of paid answers, or recover a damaged one.
+    """Look after the journal of paid answers: status, copy, check, recover.
 
     \b
     Examples:
+        batch-enricher journal status --state postgresql://batch@db/enricher
+        batch-enricher journal copy ~/.local/state/batch-enricher/journal.sqlite3 \\
+            postgresql://batch@db/enricher --secret-file ~/team.secret
         batch-enricher journal check
         batch-enricher journal recover --state ~/jobs/journal.sqlite3
     """
 
 
+@journal_group.command(name="status")
+@_state_option
+@_secret_option
+def journal_status(state: Path | TeamUrl | None, secret_file: Path | None) -> None:
+    """What the journal holds; for a team database, its live runs, rate and breakers.
+
+    \b
+    Example:
+        batch-enricher journal status --state postgresql://batch@db/enricher
+    """
+    from batch_enricher.journal import default_state_path
+    from batch_enricher.store.admin import journal_status as status_of
+
+    try:
+        status = status_of(state or default_state_path(), secret_file=secret_file)
+    except EnricherError as exc:
+        _fail(exc)
+    click.echo("\n".join(status.lines()))
+
+
+@journal_group.command(name="copy")
+@click.argument("source", type=_StateType())
+@click.argument("dest", type=_StateType())
+@_secret_option
+def journal_copy(source: Path | TeamUrl, dest: Path | TeamUrl, secret_file: Path | None) -> None:
+    """Copy every answer from SOURCE into DEST: a local journal into a team database, or back.
+
+    Keys are keyed hashes, so both must use one secret: a new team database is bound to the
+    local journal's (its secret file is created from it), an existing one must already be.
+    Where both hold an answer for a person, the newer is kept. Nothing is deleted.
+
+    \b
+    Example:
+        batch-enricher journal copy ~/.local/state/batch-enricher/journal.sqlite3 \\
+            postgresql://batch@db/enricher --secret-file ~/team.secret
+    """
+    from batch_enricher.store.admin import copy_journal
+
+    try:
+        report = copy_journal(source, dest, secret_file=secret_file)
+    except EnricherError as exc:
+        _fail(exc)
+    click.echo(report.message())
+
+
 @journal_group.command(name="check")
 @_state_option
 @click.pass_context
-def journal_check(ctx: click.Context, state: Path | None) -> None:
-    """Check the journal without changing it: integrity, answers, schema, secret.
+def journal_check(ctx: click.Context, state: Path | TeamUrl | None) -> None:
+    """Check a local journal without changing it: integrity, answers, schema, secret.
 
     Exits 0 when a run can use it, 1 when not (the report says what to do next).
 
@@ -764,11 +899,10 @@ def journal_check(ctx: click.Context, state: Path | None) -> None:
     Example:
         batch-enricher journal check --state ~/jobs/journal.sqlite3
     """
-    from batch_enricher.journal import default_state_path
     from batch_enricher.journal_repair import check_journal
 
     try:
-        report = check_journal(state or default_state_path())
+        report = check_journal(_local_only(state, "check"))
     except EnricherError as exc:
         _fail(exc)
     click.echo("\n".join(report.lines()))
@@ -784,8 +918,8 @@ def journal_check(ctx: click.Context, state: Path | None) -> None:
     show_default=True,
     help="Seconds to wait for another run's journal lock.",
 )
-def journal_recover(state: Path | None, lock_timeout: float) -> None:
-    """Copy every readable answer of a damaged journal into a new one.
+def journal_recover(state: Path | TeamUrl | None, lock_timeout: float) -> None:
+    """Copy every readable answer of a damaged local journal into a new one.
 
     The new journal takes the old one's place and keeps its secret, so no answer that could
     be read is paid for again; the damaged file is renamed beside it, never deleted.
@@ -794,11 +928,10 @@ def journal_recover(state: Path | None, lock_timeout: float) -> None:
     Example:
         batch-enricher journal recover --state ~/jobs/journal.sqlite3
     """
-    from batch_enricher.journal import default_state_path
     from batch_enricher.journal_repair import recover_journal
 
     try:
-        recovery = recover_journal(state or default_state_path(), lock_timeout=lock_timeout)
+        recovery = recover_journal(_local_only(state, "recover"), lock_timeout=lock_timeout)
     except EnricherError as exc:
         _fail(exc)
     click.echo(recovery.message())
@@ -833,10 +966,10 @@ def main() -> None:
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
     except Exception as exc:
-        click.echo(f"Error: unexpected {type(exc).__name__}: {scrub(str(exc))}", err=True)
+        click.echo(f"Error: unexpected {type(exc).__name__}: {_shown(str(exc))}", err=True)
         # Not log.isEnabledFor: the logger is always at DEBUG (the --log-file wants everything).
         if _verbose():
-            click.echo(scrub(traceback.format_exc()), err=True)
+            click.echo(_shown(traceback.format_exc()), err=True)
         click.echo("please report this (see SECURITY.md / README); rerunning is safe", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

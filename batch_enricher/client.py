@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
@@ -43,8 +43,10 @@ from batch_enricher.errors import (
 )
 from batch_enricher.guards import LostReplyBreaker, NotSent, RunControl
 from batch_enricher.models import Answer, Person, Status
-from batch_enricher.pacer import Pacer
 from batch_enricher.privacy import mask_idcard, mask_mobile
+
+if TYPE_CHECKING:
+    from batch_enricher.store.base import Limiter
 
 log = logging.getLogger("batch_enricher.client")
 
@@ -282,7 +284,7 @@ class Caller:
     def __init__(
         self,
         client: JuheClient,
-        pacer: Pacer,
+        pacer: Limiter,
         control: RunControl,
         policy: RetryPolicy,
         stats: CallStats,

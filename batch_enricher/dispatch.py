@@ -1,8 +1,10 @@
 """Dispatch: call the API once for every person the plan left to call.
 
 `concurrency` workers take people from the spill (read in chunks, in order of first appearance),
-pace and guard each request, and commit each final answer to the journal the moment it arrives.
-Whom this run answered, and who failed, goes back to the spill for the write pass.
+claimed first through the store's session (claims.py: with a shared store another run may be
+asking about the same person right now), pace and guard each request with the session's
+limiter, and record each final answer the moment it arrives. Whom this run answered, and who
+failed, goes back to the spill for the write pass.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
+from batch_enricher.claims import Claimer
 from batch_enricher.client import USER_AGENT, Caller, CallStats, JuheClient, send_tracing
 from batch_enricher.codes import reason_of
 from batch_enricher.errors import AccountError, ConfigError, JournalError, TransientApiError
 from batch_enricher.guards import NotSent, RunControl
-from batch_enricher.journal import Journal
 from batch_enricher.models import Answer, Outcome, Status
-from batch_enricher.pacer import Pacer
 from batch_enricher.plan import Plan
 from batch_enricher.progress import Progress
 from batch_enricher.spill import Spill
+from batch_enricher.store.base import SessionSettings, Store
 from batch_enricher.summary import RunSummary
 
 if TYPE_CHECKING:
@@ -36,61 +38,83 @@ log = logging.getLogger("batch_enricher")
 async def dispatch(
     options: EnrichOptions,
     plan: Plan,
-    journal: Journal,
+    store: Store,
     spill: Spill,
     summary: RunSummary,
     control: RunControl,
     progress: Progress,
+    cutoff: float | None = None,
 ) -> None:
     """Call the API for every planned person.
 
-    Each final answer goes to the journal and is marked answered in `spill`; a failure that
-    outlived its retries is kept in `spill` as the person's outcome.
+    Each final answer goes to the store and is marked answered in `spill`; a failure that
+    outlived its retries is kept in `spill` as the person's outcome. `cutoff` (--max-age) says
+    which answers another run stores meanwhile count as answered.
     """
     stats = CallStats()
     endpoint, key = options.endpoint, options.key
-    sandbox = None
-    if options.sandbox:
-        from batch_enricher.sandbox import SandboxConfig, start
-
-        sandbox = await start(SandboxConfig())
-        endpoint, key = sandbox.url, "sandbox"
     if not key:
         raise ConfigError("no API key")  # enrich_async checks first; this keeps the types honest
     ssl_context: ssl.SSLContext | bool = True
     if options.insecure:
         ssl_context = False
-    connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=ssl_context)
-    pacer = Pacer(options.qps)
+    settings = SessionSettings(options.qps, options.concurrency, cutoff, api_key=key)
     started = time.monotonic()
     try:
-        async with aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": USER_AGENT}, trace_configs=[send_tracing()]
-        ) as session:
-            client = JuheClient(session, endpoint, key, timeout=options.timeout)
-            caller = Caller(client, pacer, control, options.retry, stats)
-            todo = spill.to_call()  # one iterator shared by the workers
+        async with (
+            store.session(settings, control, stats) as session,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=options.concurrency, ssl=ssl_context),
+                headers={"User-Agent": USER_AGENT},
+                trace_configs=[send_tracing()],
+            ) as http,
+        ):
+            client = JuheClient(http, endpoint, key, timeout=options.timeout)
+            caller = Caller(client, session.pacer, control, options.retry, stats)
+
+            def answered_elsewhere(key_: bytes, rows: int, status: Status) -> None:
+                summary.reused += 1
+                spill.answered(key_)
+                progress.advance(rows, status, billed=False)
+
+            def given_up(key_: bytes, rows: int) -> None:
+                spill.failed(key_, Outcome(Status.SKIPPED, None, _HELD_ELSEWHERE))
+                progress.advance(rows, Status.SKIPPED, billed=False)
+
+            claimer = Claimer(
+                session,
+                spill.to_call(),
+                batch=options.concurrency,
+                stopped=lambda: control.stopped,
+                sleep=control.sleep,
+                on_answered=answered_elsewhere,
+                on_given_up=given_up,
+            )
             in_flight = 0
             unkept: list[Answer] = []  # answers received that the journal could not store
 
             async def worker() -> None:
                 nonlocal in_flight
-                for key_, person, rows in todo:
+                while (item := await claimer.next()) is not None:
+                    key_, person, rows = item
                     if control.stopped:
+                        await session.release([key_])
                         return
                     in_flight += 1
                     try:
                         answer = await caller.call(person)
                     except (NotSent, AccountError):
+                        await session.release([key_])
                         continue  # skipped: the loop ends at the next `stopped` check
                     except TransientApiError as exc:
                         spill.failed(key_, Outcome(Status.FAILED, exc.error_code, _failed(exc)))
                         progress.advance(rows, Status.FAILED, billed=False)
+                        await session.release([key_])
                         continue
                     finally:
                         in_flight -= 1
                     try:
-                        journal.put(key_, answer)
+                        await session.record(key_, answer)
                     except JournalError:
                         unkept.append(answer)
                         raise
@@ -113,14 +137,18 @@ async def dispatch(
                     raise _journal_failed(exc, unkept, abandoned) from exc
                 raise
     finally:
-        if sandbox is not None:
-            await sandbox.close()
         summary.api_calls += stats.api_calls
         summary.billed += stats.billed
         summary.retries += stats.retries
         summary.possibly_billed += stats.possibly_billed
         summary.rate_limited += stats.codes[10011]
         log.debug("dispatch took %.1f s", time.monotonic() - started)
+
+
+#: The reason on a row whose person another run was asking about for longer than this run waited.
+_HELD_ELSEWHERE: Final = (
+    "not sent: being queried by another run that shares the journal; rerun to fill it in"
+)
 
 
 def _journal_failed(exc: JournalError, unkept: list[Answer], abandoned: int) -> JournalError:

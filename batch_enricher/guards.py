@@ -2,6 +2,8 @@
 
 One `RunControl` is shared by every worker of a run. Each attempt asks it, right before sending,
 whether it may go; anything that may not raises `NotSent`, and the row ends `skipped`.
+With a team store, what it finds about the account (an abort, the quota breaker open) goes to
+the other runs through `shared`, and what they found comes back through `abort`/`stop`.
 `LostReplyBreaker` counts replies lost after their request was sent; the caller stops the run
 through `RunControl.stop` when it opens.
 """
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from typing import Protocol
 
 
 class NotSent(Exception):
@@ -26,6 +29,18 @@ class _Quota(StrEnum):
     CLOSED = "closed"  # sending normally
     PROBING = "probing"  # a 10012 was seen: one call probes with backoff, the others wait
     OPEN = "open"  # the probe gave up: nothing more is sent this run
+
+
+class AccountNews(Protocol):
+    """Where a run tells the other runs on its account what it found (store/team.py)."""
+
+    def aborted(self, code: int, reason: str) -> None:
+        """An account-level code aborted this run."""
+        ...
+
+    def quota_open(self, reason: str) -> None:
+        """This run's quota breaker opened."""
+        ...
 
 
 class RunControl:
@@ -46,6 +61,8 @@ class RunControl:
         self._quota_clear = asyncio.Event()
         self._quota_clear.set()
         self._pacing: set[asyncio.Task[object]] = set()  # tasks waiting for a send slot
+        #: the other runs sharing the account, if any: told of an abort or an open breaker
+        self.shared: AccountNews | None = None
 
     @property
     def stopped(self) -> bool:
@@ -66,10 +83,15 @@ class RunControl:
         for task in pacing:
             task.cancel()
 
-    def abort(self, code: int, reason: str) -> None:
-        """An account-level code: stop at once and remember the code for the exit status."""
+    def abort(self, code: int, reason: str, *, told: bool = False) -> None:
+        """An account-level code: stop at once and remember the code for the exit status.
+
+        `told`: another run found it (nothing to pass on).
+        """
         if self.abort_code is None:
             self.abort_code = code
+            if self.shared is not None and not told:
+                self.shared.aborted(code, reason)
         self.stop(reason)
 
     async def sleep(self, delay: float) -> None:
@@ -170,7 +192,10 @@ class RunControl:
         if self._quota is _Quota.PROBING and self._quota_probe is asyncio.current_task():
             if still_quota:
                 self._release_probe(_Quota.OPEN)
-                self.stop("quota breaker open: 10012 请求超过次数限制 persisted after retries")
+                reason = "quota breaker open: 10012 请求超过次数限制 persisted after retries"
+                if self.shared is not None and self.stop_reason is None:
+                    self.shared.quota_open(reason)
+                self.stop(reason)
             else:
                 self._release_probe(_Quota.CLOSED)
 

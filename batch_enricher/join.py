@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from batch_enricher import bands as bands_mod
 from batch_enricher.columns import RESULT_COLUMNS
 from batch_enricher.interrupts import Interrupts
-from batch_enricher.journal import Journal
 from batch_enricher.models import Answer, Invalid, Outcome, Status
 from batch_enricher.plan import LOOKUP_BATCH, MEMO_SIZE, Input
 from batch_enricher.reader import Cell
 from batch_enricher.spill import Spill
+from batch_enricher.store.base import Journal
 from batch_enricher.summary import FileSummary
 from batch_enricher.writer import SummarySheet, open_writer
 

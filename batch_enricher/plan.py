@@ -15,13 +15,13 @@ from typing import Final
 
 from batch_enricher.columns import ColumnMap
 from batch_enricher.interrupts import Interrupts
-from batch_enricher.journal import Journal
 from batch_enricher.models import Person, Status
 from batch_enricher.plausible import NameProfile
 from batch_enricher.progress import Progress
 from batch_enricher.reader import Source
 from batch_enricher.rowcheck import RowCheck
 from batch_enricher.spill import Spill
+from batch_enricher.store.base import Journal
 from batch_enricher.summary import FileSummary, RunSummary
 
 LOOKUP_BATCH: Final = 500  # keys per journal (and spill) look-up while planning and writing

@@ -17,6 +17,7 @@ and rerunning the same command continues from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import logging
 import time
@@ -34,13 +35,13 @@ from batch_enricher.errors import ConfigError, InputError, OutputError
 from batch_enricher.guards import RunControl
 from batch_enricher.interrupts import Interrupts
 from batch_enricher.join import Join, count_only, write
-from batch_enricher.journal import Journal
 from batch_enricher.models import Status
 from batch_enricher.plan import Input, make_plan
 from batch_enricher.progress import NullProgress, Progress
 from batch_enricher.reader import open_source
 from batch_enricher.rowcheck import name_profile
 from batch_enricher.spill import Spill
+from batch_enricher.store import DEFAULT_LEASE_S, StoreOptions, TeamUrl, open_store
 from batch_enricher.summary import FileSummary, RunSummary
 from batch_enricher.writer import sweep_temporary_files
 
@@ -65,10 +66,13 @@ class EnrichOptions:
     concurrency: int = 8
     timeout: float = 15.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    state: Path | None = None  # the journal; None: the default under the user's state folder
+    #: the journal: a file (None: the default under the user's state folder), or a team's
+    #: PostgreSQL database shared by every run that names it
+    state: Path | TeamUrl | None = None
+    secret_file: Path | None = None  # a team database's secret (default: beside the journal)
+    team_lease: float = DEFAULT_LEASE_S  # a team run silent this long loses its claims
     max_age: float | None = 30 * 86400.0  # seconds; 0: ask again; None: reuse whatever is there
     max_billed: int | None = None
-    sandbox: bool = False
     dry_run: bool = False
     headers: str = "en"
     escape_formulas: bool = True
@@ -132,7 +136,7 @@ def resolve_outputs(options: EnrichOptions) -> list[Path]:
                 raise OutputError(
                     f"cannot write the output {out}: folder does not exist: {out.parent}"
                 )
-    if options.state is not None and options.state.resolve() in inputs | seen:
+    if isinstance(options.state, Path) and options.state.resolve() in inputs | seen:
         # The output would replace the journal (paid answers lost), or the journal an input.
         what = "an input" if options.state.resolve() in inputs else "an output"
         raise OutputError(f"--state {options.state} is {what} of this run; choose another path")
@@ -210,7 +214,7 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
     progress = progress or NullProgress()
     started = time.monotonic()
     summary = RunSummary(dry_run=options.dry_run)
-    if not options.sandbox and not options.key and not options.dry_run:
+    if not options.key and not options.dry_run:
         raise ConfigError(
             'no API key: set JUHE_API_KEY, put key = "..." in the --config file, or pass --key '
             "(or try --sandbox to run against the built-in emulator)"
@@ -220,20 +224,21 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
         for out in outputs:  # what a killed run left beside them holds personal data
             sweep_temporary_files(out)
     inputs = _open_inputs(options, outputs, progress)
-    state = options.state
-    if state is None:
-        from batch_enricher.journal import default_state_path
-
-        state = default_state_path()
     control = RunControl(max_billed=options.max_billed)
     interrupts = Interrupts(control.stop, progress.note)
+    store_options = StoreOptions(
+        state=options.state,
+        lock_timeout=options.lock_timeout,
+        new_journal=options.new_journal,
+        secret_file=options.secret_file,
+        lease=options.team_lease,
+    )
     with (
         interrupts.installed(enabled=options.handle_signals),
-        Journal.open(
-            state, lock_timeout=options.lock_timeout, new_journal=options.new_journal
-        ) as journal,
+        contextlib.closing(open_store(store_options)) as store,
         Spill() as spill,  # the run's people, off the heap; gone when the run ends
     ):
+        journal = store.journal
         for item in inputs:
             item.bind(journal)
         cutoff = None if options.max_age is None else time.time() - options.max_age
@@ -251,7 +256,7 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
                 )
                 interrupts.in_flight = min(options.concurrency, plan.calls)
             if plan.calls and not control.stopped:
-                await dispatch(options, plan, journal, spill, summary, control, progress)
+                await dispatch(options, plan, store, spill, summary, control, progress, cutoff)
             interrupts.loop, interrupts.in_flight = None, 0
             progress.phase("writing")
         # The same cutoff as planning, so rows agree with what was reused and what was (or in
@@ -295,7 +300,7 @@ def _skip_reason(control: RunControl, *, dry_run: bool) -> str:
 def enrich(options: EnrichOptions, progress: Progress | None = None) -> RunSummary:
     """Run the enrich job to completion (blocking).
 
-    >>> # enrich(EnrichOptions(inputs=[Path("sample_data/customers.csv")], sandbox=True))
+    >>> # enrich(EnrichOptions(inputs=[Path("customers.csv")], key=os.environ["JUHE_API_KEY"]))
     """
     return asyncio.run(enrich_async(options, progress))
 

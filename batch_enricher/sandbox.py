@@ -30,9 +30,10 @@ import random
 import re
 import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -440,6 +441,45 @@ async def start(config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -
         raise
     bound_port = int(runner.addresses[0][1])
     return Sandbox(runner, _url(host, bound_port), app[STATS])
+
+
+@contextlib.contextmanager
+def running(config: SandboxConfig, host: str = "127.0.0.1") -> Iterator[Sandbox]:
+    """Serve the emulator from a background thread (its own event loop) inside the block.
+
+    What `enrich --sandbox` uses: the CLI starts the emulator and hands the run its endpoint,
+    so the run itself never knows it is talking to an emulator.
+    """
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: list[Sandbox | BaseException] = []
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            box.append(loop.run_until_complete(start(config, host)))
+        except BaseException as exc:  # handed to the caller below
+            box.append(exc)
+            ready.set()
+            return
+        loop.call_soon(ready.set)  # set once the loop serves: a stop then lands in run_forever
+        loop.run_forever()
+        sandbox = box[0]
+        assert isinstance(sandbox, Sandbox)
+        loop.run_until_complete(sandbox.close())
+        loop.close()
+
+    thread = threading.Thread(target=main, name="batch-enricher-sandbox", daemon=True)
+    thread.start()
+    ready.wait()
+    if isinstance(box[0], BaseException):
+        thread.join()
+        raise box[0]
+    try:
+        yield box[0]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,6 +14,10 @@ and peak RSS, nothing else's):
     journal first), peak RSS and wall time, against pandas read_csv + to_csv of the same file.
 (d) a naive client: one blocking request at a time, a new connection each, as typical Juhe
     sample code does.
+(f) team mode (issue 12), opt-in with `--team`: one `enrich` alone with a PostgreSQL `--state`
+    (the shared journal, claims and the account's shared send schedule) at `--qps`, against the
+    same server; its request rate must reach 95 % of `--qps`. A throw-away PostgreSQL server is
+    started on loopback the way the tests start theirs (tests/pg.py).
 (e) planning memory (issue 10), opt-in with `--planning`: peak RSS of `enrich --dry-run` with a
     fresh journal over 5,000,000 distinct people (`--planning-people`), and over a tenth of them
     for the ratio. No server is needed: a dry run sends nothing. Several minutes.
@@ -55,6 +59,8 @@ RSS_RATIO_MAX = 1.3
 PANDAS_RATIO_MAX = 4.0
 # Target of issue 10.
 PLANNING_RSS_MAX_MB = 300
+# Target of issue 12.
+TEAM_RATE_SHARE_MIN = 0.95
 
 # --- fictional people (the scheme of tests/conftest.py `person(i)`) ----------------------------
 
@@ -426,6 +432,15 @@ def bench(args: argparse.Namespace) -> None:
         print(f"bench took {time.perf_counter() - started:.0f} s")
         return
     server = Server(qps_limit=args.qps, latency_ms=args.latency_ms)
+    if args.team:
+        try:
+            _team(server, env, table, args)
+        finally:
+            server.close()
+        print(table.render())
+        print(f"\nmachine: {machine()}")
+        print(f"bench took {time.perf_counter() - started:.0f} s")
+        return
     try:
         _pacing_and_cpu(server, env, table, args)
         _naive(server, table, args.qps, args.naive)
@@ -574,6 +589,41 @@ def _scale(server: Server, env: dict[str, str], table: Table, distinct: int, row
     )
 
 
+def _team(server: Server, env: dict[str, str], table: Table, args: argparse.Namespace) -> None:
+    """(f) One run alone with a PostgreSQL state: the shared limiter must not be the bottleneck."""
+    sys.path.insert(0, str(ROOT))
+    from tests.pg import running_server
+
+    qps, n = args.qps, args.people
+    src = write_input(WORK / "team.csv", n, n)
+    with running_server() as pg:
+        rates, walls = [], []
+        for attempt in range(args.repeat):
+            url = pg.url(pg.new_database())  # a new team database: every person is called
+            out = WORK / f"team{attempt}.enriched.csv"
+            argv = enrich_argv(src, out, WORK / "unused.sqlite3", server.url, qps)
+            argv[argv.index("--state") + 1] = url
+            argv += ["--secret-file", str(WORK / f"team{attempt}.secret")]
+            since = server.window()["next"]
+            run = run_child(argv, env)
+            seen = server.window(since)
+            rates.append(_rate(seen) if seen["requests"] == n and run.returncode == 0 else 0.0)
+            walls.append(run.wall)
+    worst = min(rates)
+    table.add(
+        "(f)",
+        f"one run alone, PostgreSQL --state: request rate ({n} requests, worst of {len(rates)})",
+        f"{worst:.2f}/s = {worst / qps:.1%} of --qps {qps:g}",
+        f">= {TEAM_RATE_SHARE_MIN:.0%}",
+        worst / qps >= TEAM_RATE_SHARE_MIN,
+    )
+    table.add(
+        "(f)",
+        "whole run with a PostgreSQL --state vs N/qps (slowest)",
+        f"{max(walls):.2f} s vs {n / qps:.2f} s = {max(walls) / (n / qps):.3f}x",
+    )
+
+
 def _planning(env: dict[str, str], table: Table, people: int) -> None:
     """(e) Peak RSS of planning (a dry run, fresh journal) at `people` and a tenth of them."""
     measured: dict[int, Child] = {}
@@ -625,6 +675,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run only (e): planning memory at --planning-people distinct people (minutes)",
     )
     parser.add_argument("--planning-people", type=int, default=5_000_000)
+    parser.add_argument(
+        "--team",
+        action="store_true",
+        help="(f) only: one run with a PostgreSQL --state (starts a throw-away server)",
+    )
     parser.add_argument("--serve", nargs=2, type=float, help=argparse.SUPPRESS)
     parser.add_argument("--bare", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--pandas", nargs=2, help=argparse.SUPPRESS)

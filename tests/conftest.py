@@ -21,6 +21,7 @@ from stdnum.cn.ric import calc_check_digit
 
 from batch_enricher.cli import cli
 from batch_enricher.sandbox import STATS, SandboxConfig, SandboxStats, make_app
+from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL on loopback)
 
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
 GIVEN = ["伟", "芳", "娜", "秀英", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟"]
