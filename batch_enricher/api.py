@@ -35,6 +35,9 @@ INTERRUPTED = (
     "interrupted: no new requests; the calls in flight were finished and every answer received "
     "is kept in the journal; call again to continue"
 )
+#: How often the waiting thread wakes: a signal (or `_thread.interrupt_main`) that did not
+#: interrupt its wait is handled at the next wake-up.
+_POLL_S = 0.1
 #: How long a second KeyboardInterrupt waits for the run to wind down before leaving it.
 _ABANDON_WAIT_S = 5.0
 
@@ -121,7 +124,7 @@ def run_sync(
     worker = threading.Thread(target=main, name="batch-enricher-run", daemon=True)
     worker.start()
     try:
-        worker.join()
+        _wait(worker)
     except KeyboardInterrupt:
         if not stop.graceful:
             stop.abandon()
@@ -131,7 +134,7 @@ def run_sync(
         if note is not None:
             note("KeyboardInterrupt: no new requests; finishing the calls in flight")
         try:
-            worker.join()
+            _wait(worker)
         except KeyboardInterrupt:
             stop.abandon()
             worker.join(_ABANDON_WAIT_S)
@@ -144,6 +147,12 @@ def run_sync(
         raise box["error"]
     result: _T = box["result"]
     return result
+
+
+def _wait(worker: threading.Thread) -> None:
+    """Join `worker`, waking now and then so that a pending KeyboardInterrupt is raised."""
+    while worker.is_alive():
+        worker.join(_POLL_S)
 
 
 def enrich_files(
