@@ -74,6 +74,7 @@ RESULT_DTYPES: Final = (
 #: The columns `validate_frame` returns, and their dtypes.
 VALIDATION_DTYPES: Final = {"valid": "boolean", "error_code": "Int64", "reason": "string"}
 _BLANK_REASON: Final = "blank row: nothing to ask"
+_BLOCK_ROWS: Final = 10_000  # rows converted to cells at a time
 
 
 def _cell(value: Any) -> Cell:
@@ -113,10 +114,16 @@ class FrameSource:
         return None
 
     def rows(self) -> Iterator[list[Cell]]:
-        """Every row as a list of cells (column by column `tolist()`: Python scalars)."""
-        values = [self._df.iloc[:, i].tolist() for i in range(self.width)]
-        for cells in zip(*values, strict=True):
-            yield [_cell(value) for value in cells]
+        """Every row as a list of cells (column by column `tolist()`: Python scalars).
+
+        A block of rows at a time, so a pass holds one block's cells, not the frame's.
+        """
+        df = self._df
+        for start in range(0, len(df), _BLOCK_ROWS):
+            block = df.iloc[start : start + _BLOCK_ROWS]
+            values = [block.iloc[:, i].tolist() for i in range(self.width)]
+            for cells in zip(*values, strict=True):
+                yield [_cell(value) for value in cells]
 
     def numbered_rows(self) -> Iterator[tuple[int, list[Cell]]]:
         """`rows()` with each row's position (0-based)."""

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from batch_enricher import (
+    AccountError,
     ColumnError,
     ConfigError,
     RetryPolicy,
@@ -341,3 +342,28 @@ def test_the_readme_python_api_example_runs(
     namespace: dict[str, Any] = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     assert "out" in namespace
+
+
+def test_an_account_abort_raises_with_the_result_so_far(
+    sandbox: Callable[..., Served], state: Path
+) -> None:
+    df = pd.DataFrame([person(i) for i in range(5)], columns=["姓名", "身份证号", "手机号"])
+    server = sandbox(key="the-right-key")
+    with pytest.raises(AccountError) as caught:
+        _enrich(df, server, state)
+    assert caught.value.error_code == 10001
+    assert server.stats.billed == 0
+    partial = caught.value.frame  # type: ignore[attr-defined]
+    assert set(partial["status"]) == {"skipped"}
+    assert partial.index.equals(df.index)
+
+
+def test_frames_larger_than_a_block_keep_their_row_order(
+    sandbox: Callable[..., Served], state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batch_enricher.frame._BLOCK_ROWS", 7)
+    df, counts = customers()
+    report = validate_frame(df)
+    assert int(report["valid"].sum()) == counts["valid"]
+    out = _enrich(df, sandbox(), state)
+    check_result(out, df, counts)
