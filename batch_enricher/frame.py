@@ -90,7 +90,12 @@ def _cell(value: Any) -> Cell:
 
 
 class FrameSource:
-    """A DataFrame read as a `reader.Source`: headers are the column labels, rows positions."""
+    """A DataFrame read as a `reader.Source`: headers are the column labels, rows positions.
+
+    Row numbers are 0-based positions (`numbered_rows`), so results line up with `iloc`
+    whatever the index holds; nothing in a frame is ever damaged, and nothing sits above its
+    header.
+    """
 
     format = "frame"
     header_row = 0

@@ -318,7 +318,9 @@ def test_enrich_files_returns_the_run_summary(
 
 def test_importing_the_package_or_the_cli_does_not_import_pandas() -> None:
     code = (
-        "import sys, batch_enricher, batch_enricher.cli\n"
+        "import sys, batch_enricher\n"
+        "assert 'aiohttp' not in sys.modules, 'aiohttp imported'\n"
+        "import batch_enricher.cli\n"
         "assert 'pandas' not in sys.modules, 'pandas imported'\n"
         "assert 'batch_enricher.frame' not in sys.modules\n"
         "batch_enricher.EnricherError\n"  # a lazy export still resolves
@@ -367,3 +369,21 @@ def test_frames_larger_than_a_block_keep_their_row_order(
     assert int(report["valid"].sum()) == counts["valid"]
     out = _enrich(df, sandbox(), state)
     check_result(out, df, counts)
+
+
+def test_without_pandas_the_frame_api_says_which_extra_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['pandas'] = None  # as if it were not installed\n"
+        "import batch_enricher\n"
+        "try:\n"
+        "    batch_enricher.enrich_frame\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'batch-enricher[pandas]'" in done.stdout
