@@ -192,6 +192,23 @@ def test_xlsx_long_ints_outside_text_columns_keep_every_digit(tmp_path: Path) ->
     assert ws["D2"].value == "123456789012345678"
 
 
+def test_xlsx_big_numbers_excel_holds_stay_numbers(tmp_path: Path) -> None:
+    # 15 significant digits, as a spreadsheet's double shows them: a number, as it was read.
+    ws = _xlsx(tmp_path, [["a", None, None, 6222021234567890000, "ok"]]).worksheets[0]
+    assert ws["D2"].data_type == "n" and float(ws["D2"].value) == float(6222021234567890000)
+    assert writer_mod.excel_keeps(-(10**15)) and not writer_mod.excel_keeps(10**15 + 1)
+
+
+def test_xlsx_keeps_a_cr_and_literal_escapes(tmp_path: Path) -> None:
+    from python_calamine import CalamineWorkbook
+
+    out = tmp_path / "out.xlsx"
+    texts = ["a\rb", "a\r\nb", "_x000D_", "x_x0041_y"]
+    _write(out, [[t, None, None, None, "ok"] for t in texts], text_columns={1})
+    rows = CalamineWorkbook.from_path(str(out)).get_sheet_by_index(0).to_python()
+    assert [row[0] for row in rows[1:]] == texts  # as Excel reads them
+
+
 def test_xlsx_is_ready_to_use(tmp_path: Path) -> None:
     rows: list[list[Cell]] = [["张三", "1", "2", i, "ok"] for i in range(450)]  # past the sample
     ws = _xlsx(tmp_path, rows).worksheets[0]
