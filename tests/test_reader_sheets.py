@@ -16,6 +16,7 @@ import xlwt  # type: ignore[import-untyped]
 from batch_enricher import sheets
 from batch_enricher.errors import InputError
 from batch_enricher.reader import Cell, open_source
+from tests.workbooks import strict_ooxml
 
 HEADER = ["姓名", "身份证号", "手机号"]
 PERSON = ["张三", "11010119900307803X", "13812345678"]
@@ -144,30 +145,11 @@ def test_a_sheet_part_with_broken_xml(tmp_path: Path) -> None:
         _read(broken)
 
 
-def _strict(plain: Path, strict: Path) -> Path:
-    """The workbook as Excel's "Strict Open XML Spreadsheet" would save it (namespaces)."""
-    moves = [
-        (b"http://schemas.openxmlformats.org/spreadsheetml/2006/main", sheets.STRICT_NS.encode()),
-        (
-            b"http://schemas.openxmlformats.org/officeDocument/2006/relationships",
-            b"http://purl.oclc.org/ooxml/officeDocument/relationships",
-        ),
-    ]
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(strict, "w") as dst:
-        for name in src.namelist():
-            data = src.read(name)
-            if name != "[Content_Types].xml":
-                for old, new in moves:
-                    data = data.replace(old, new)
-            dst.writestr(name, data)
-    return strict
-
-
 def test_a_strict_open_xml_workbook_is_read(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
 ) -> None:
     plain = _xlsx(tmp_path / "plain.xlsx", [HEADER, [*PERSON[:2], 13812345678]])
-    path = _strict(plain, tmp_path / "strict.xlsx")
+    path = strict_ooxml(plain, tmp_path / "strict.xlsx")
     assert b"purl.oclc.org" in zipfile.ZipFile(path).read("xl/workbook.xml")
     source = open_source(path)
     assert (source.sheet, source.strict_ooxml, source.headers) == ("名单", True, HEADER)
@@ -178,7 +160,7 @@ def test_a_strict_open_xml_workbook_is_read(
 def test_a_strict_workbook_too_large_for_calamine_is_refused_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = _strict(_xlsx(tmp_path / "p.xlsx", [HEADER, PERSON]), tmp_path / "strict.xlsx")
+    path = strict_ooxml(_xlsx(tmp_path / "p.xlsx", [HEADER, PERSON]), tmp_path / "strict.xlsx")
     monkeypatch.setattr(sheets, "CALAMINE_MAX_CELLS", 2)
     with pytest.raises(InputError, match=r"saved as Strict Open XML .* save it as Excel Workbook"):
         open_source(path)
