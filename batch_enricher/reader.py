@@ -323,7 +323,10 @@ def _find_header(source: Source, header_row: int | None, names: ColumnNames | No
                     try:
                         _search_header(top[:HEADER_SEARCH_ROWS], names, strict=True)
                     except ColumnError as exc:
-                        if any(damaged_cell(row) is not None for row in top):
+                        # Damaged bytes are a CSV's problem: a workbook's U+FFFD is a character.
+                        if source.format == "csv" and any(
+                            damaged_cell(row) is not None for row in top
+                        ):
                             label = source._text().label
                             raise ColumnError(
                                 f"{exc}. Some of these rows hold bytes that are not valid "

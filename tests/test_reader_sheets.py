@@ -295,3 +295,15 @@ def test_the_extent_counts_cells_with_values_not_formatting(tmp_path: Path) -> N
     sheet["AB3"] = None
     workbook.save(path)
     assert sheets._xlsx_extent(path, "名单") == (False, 7, 10)
+
+
+def test_a_replacement_character_in_a_workbook_is_no_encoding_problem(tmp_path: Path) -> None:
+    # An .xls from calamine's tests has one: the header search asked a workbook for its text
+    # encoding (an AssertionError, "please report this").
+    from batch_enricher.columns import ColumnNames
+    from batch_enricher.errors import ColumnError
+
+    path = _xlsx(tmp_path / "fffd.xlsx", [["名\ufffd", "x", "y"], ["a", "b", "c"]])
+    with pytest.raises(ColumnError, match="no name column found") as caught:
+        open_source(path, names=ColumnNames())
+    assert "encoding" not in str(caught.value)
