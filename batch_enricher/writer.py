@@ -446,7 +446,16 @@ class _XlsxWriter(Writer):
         if isinstance(value, int):
             return value if excel_keeps(value) else str(value)
         if isinstance(value, float):
-            return value if math.isfinite(value) else repr(value)
+            if not math.isfinite(value):
+                return repr(value)
+            if float(f"{value:.16g}") == value:
+                return value
+            # openpyxl writes 16 significant digits ("%.16g"), one short of some doubles: an
+            # .xls's 3586.1783646399995 would come back 3586.178364639999. Its shortest
+            # round-trip text instead, in a number cell.
+            cell = self._new_cell(self._ws, value=repr(value))
+            cell.data_type = "n"
+            return cell
         if isinstance(value, datetime.datetime | datetime.time) and value.tzinfo is not None:
             return value.isoformat()  # Excel has no time zones; keep the offset as text
         return value

@@ -285,7 +285,7 @@ def test_a_large_number_from_xls_keeps_its_digits(
     server = sandbox()
     book = xlwt.Workbook()
     sheet = book.add_sheet("客户")
-    for col, text in enumerate([*ZH[:3], "账号", "金额"]):
+    for col, text in enumerate([*ZH[:3], "账号", "金额", "单价"]):
         sheet.write(0, col, text)
     name, idcard, mobile = PEOPLE[0]
     sheet.write(1, 0, name)
@@ -293,6 +293,7 @@ def test_a_large_number_from_xls_keeps_its_digits(
     sheet.write(1, 2, int(mobile))
     sheet.write(1, 3, 6222021234567890123)  # a bank account number kept as a number
     sheet.write(1, 4, 123456789012345)  # 15 digits: exact in a double
+    sheet.write(1, 5, 3586.1783646399995)  # 17 significant digits to tell it from its neighbours
     src = tmp_path / "legacy.xls"
     book.save(str(src))
 
@@ -306,6 +307,7 @@ def test_a_large_number_from_xls_keeps_its_digits(
     assert ws["D2"].data_type == "n" and float(account) == float(6222021234567890123)
     assert f"{float(account):.15g}" == "6.22202123456789e+18"
     assert ws["E2"].data_type == "n" and amount == 123456789012345
+    assert ws["F2"].data_type == "n" and ws["F2"].value == 3586.1783646399995
     assert server.stats.received == [PEOPLE[0]]
 
 

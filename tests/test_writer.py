@@ -199,6 +199,19 @@ def test_xlsx_big_numbers_excel_holds_stay_numbers(tmp_path: Path) -> None:
     assert writer_mod.excel_keeps(-(10**15)) and not writer_mod.excel_keeps(10**15 + 1)
 
 
+def test_xlsx_floats_come_back_as_the_same_doubles(tmp_path: Path) -> None:
+    from python_calamine import CalamineWorkbook
+
+    floats = [3586.1783646399995, 0.1 + 0.2, 1 / 3, 2.5, -1e-300, 1.7976931348623157e308]
+    out = tmp_path / "out.xlsx"
+    _write(out, [["a", None, None, value, "ok"] for value in floats])
+    rows = CalamineWorkbook.from_path(str(out)).get_sheet_by_index(0).to_python()
+    assert [row[3] for row in rows[1:]] == floats
+    ws = openpyxl.load_workbook(out).worksheets[0]
+    assert [ws.cell(r, 4).value for r in range(2, 2 + len(floats))] == floats
+    assert {ws.cell(r, 4).data_type for r in range(2, 2 + len(floats))} == {"n"}
+
+
 def test_xlsx_keeps_a_cr_and_literal_escapes(tmp_path: Path) -> None:
     from python_calamine import CalamineWorkbook
 
