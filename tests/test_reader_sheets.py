@@ -307,3 +307,18 @@ def test_a_replacement_character_in_a_workbook_is_no_encoding_problem(tmp_path: 
     with pytest.raises(ColumnError, match="no name column found") as caught:
         open_source(path, names=ColumnNames())
     assert "encoding" not in str(caught.value)
+
+
+def test_an_xls_that_would_abort_calamine_is_refused(tmp_path: Path) -> None:
+    # A FAT whose chain loops: calamine grows the directory chain until an allocation of
+    # gigabytes fails, and Rust aborts the process. The probe reads it in a child first.
+    data = bytearray(_xls_bytes(tmp_path))
+    sector = 512
+    first_fat = int.from_bytes(data[76:80], "little")  # the first FAT sector, from the DIFAT
+    dir_start = int.from_bytes(data[48:52], "little")
+    fat_at = sector * (1 + first_fat) + 4 * dir_start
+    data[fat_at : fat_at + 4] = dir_start.to_bytes(4, "little")  # the directory chain loops
+    path = tmp_path / "loop.xls"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"loop\.xls is not a readable \.xls file"):
+        open_source(path)
