@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -588,3 +589,27 @@ def test_one_nul_byte_early_or_late_is_the_same_damaged_row(
         outcomes.append(reason.replace(f"row {where + 2},", "row N,"))
     assert outcomes[0] == outcomes[1] and "NUL" in outcomes[0]
     assert server.stats.billed == len(PEOPLE)  # each person once, over both runs
+
+
+def test_a_workbook_the_patch_cannot_make_is_refused_before_anything_is_paid(
+    tmp_path: Path, sandbox: Sandbox, enrich_at: Run
+) -> None:
+    # calamine reads the sheet without looking at docProps/app.xml; the patch edits that part.
+    # Its damage once surfaced in the write pass, after every call was paid for, as
+    # "unexpected BadZipFile ... please report this".
+    server = sandbox()
+    src = _workbook(tmp_path / "in.xlsx", [list(ZH[:3]), *PEOPLE[:3]])
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as package:
+        info = package.getinfo("docProps/app.xml")
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 5] ^= 0x55
+    src.write_bytes(bytes(data))
+
+    result = enrich_at(server, str(src), "-o", str(tmp_path / "out.xlsx"))
+
+    assert result.exit_code == 1, result.output
+    assert server.stats.requests == 0
+    assert "Error: cannot add results to in.xlsx: the workbook is corrupt" in result.output
+    assert "please report" not in result.output and not (tmp_path / "out.xlsx").exists()
+    as_csv = enrich_at(server, str(src), "-o", str(tmp_path / "out.csv"))
+    assert as_csv.exit_code == 0 and sorted(server.stats.received) == sorted(PEOPLE[:3])

@@ -690,14 +690,26 @@ def test_rows_must_come_in_order(tmp_path: Path) -> None:
 def test_bad_inputs_are_input_errors_naming_the_file(tmp_path: Path) -> None:
     not_zip = tmp_path / "plain.xlsx"
     not_zip.write_text("name\n张三\n", encoding="utf-8")
+
+    def check(path: Path, sheet: str = SHEET, first_col: int = 9) -> None:
+        check_workbook(
+            path,
+            sheet=sheet,
+            header_row=2,
+            first_col=first_col,
+            headers=RESULT_HEADERS,
+            spool_dir=tmp_path,
+        )
+
     with pytest.raises(InputError, match=r"plain\.xlsx"):
-        check_workbook(not_zip, "Sheet1")
+        check(not_zip, "Sheet1")
     with pytest.raises(InputError, match=r"plain\.xlsx"):
         _patch(not_zip, tmp_path / "out.xlsx", [])
     src = _fixture(tmp_path / "in.xlsx")
     with pytest.raises(InputError, match="no sheet named 'Nope'"):
-        check_workbook(src, "Nope")
-    check_workbook(src, SHEET)
+        check(src, "Nope")
+    check(src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xlsx", "out.xlsx", "plain.xlsx"]
     utf16 = _package(tmp_path / "u16.xlsx", "x")
     parts = _parts(utf16)
     parts["xl/worksheets/sheet1.xml"] = (
@@ -714,6 +726,32 @@ def test_bad_inputs_are_input_errors_naming_the_file(tmp_path: Path) -> None:
             headers=["s"],
             results=[],
         )
+    with pytest.raises(InputError, match=r"cannot add results to u16\.xlsx: .*UTF-16"):
+        check(utf16, "Data", first_col=2)
+
+
+def test_the_check_reads_every_part_the_patch_reads(tmp_path: Path) -> None:
+    # Parts calamine never opens (app.xml, [Content_Types].xml) made the write pass fail after
+    # the calls were paid for, some with a raw BadZipFile or zlib error.
+    src = _fixture(tmp_path / "in.xlsx")
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as package:
+        info = package.getinfo("docProps/app.xml")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0x55
+    damaged = tmp_path / "damaged.xlsx"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"to damaged\.xlsx: the workbook is corrupt"):
+        check_workbook(
+            damaged,
+            sheet=SHEET,
+            header_row=2,
+            first_col=9,
+            headers=RESULT_HEADERS,
+            spool_dir=tmp_path,
+        )
+    with pytest.raises(InputError, match=r"damaged\.xlsx"):  # and the patch itself says so
+        _patch(damaged, tmp_path / "out.xlsx", _results([3]))
 
 
 def test_a_result_block_past_the_last_column_is_refused(tmp_path: Path) -> None:
