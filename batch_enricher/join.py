@@ -211,6 +211,7 @@ def write(
             escape_formulas=options.escape_formulas,
             sheet_title=source.sheet or "Sheet1",
             preamble=source.preamble(),
+            number_formats=_xls_formats(item, keep),
         ) as writer,
         interrupts.cleanup(writer.abort),
     ):
@@ -226,6 +227,19 @@ def write(
 
 
 _PATCHED_SUFFIXES: Final = (".xlsx", ".xlsm")
+
+
+def _xls_formats(item: Input, keep: list[int]) -> Iterator[list[str | None]] | None:
+    """An .xls input's number formats for an .xlsx output, in the output's columns."""
+    source = item.source
+    if source.format != "xls" or source.sheet is None or item.output.suffix.lower() != ".xlsx":
+        return None
+    from batch_enricher.sheets import xls_number_formats
+
+    formats = xls_number_formats(source.path, source.sheet)
+    if formats is None:
+        return None
+    return ([row[i] if i < len(row) else None for i in keep] for row in formats)
 
 
 def _patchable(item: Input) -> bool:

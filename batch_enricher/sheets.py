@@ -354,6 +354,37 @@ def _calamine_rows(path: Path, fmt: str, name: str) -> Generator[list[Cell], Non
         workbook.close()
 
 
+# --- .xls number formats ------------------------------------------------------------------------
+
+
+def xls_number_formats(path: Path, name: str) -> Iterator[list[str | None]] | None:
+    """Each row's number formats in sheet `name` of an .xls, from row 1 (None: General).
+
+    python-calamine reads values only; xlrd (`formatting_info=True`) reads the formats, so an
+    .xls written out as .xlsx keeps `000000`, `0.00%` or `yyyy-mm-dd`. Formats are an extra:
+    a file xlrd cannot read for them (it reads only the BIFF8 that calamine also reads after
+    the probe) gives None, and the output is written without them.
+    """
+    import xlrd  # type: ignore[import-untyped]
+
+    try:
+        book = xlrd.open_workbook(str(path), formatting_info=True, on_demand=True)
+        sheet = book.sheet_by_name(name)
+        by_xf: dict[int, str | None] = {}
+        for index, xf in enumerate(book.xf_list):
+            shown = book.format_map.get(xf.format_key)
+            text = shown.format_str if shown is not None else "General"
+            by_xf[index] = None if text in ("General", "") else text
+        rows = [
+            [by_xf.get(sheet.cell_xf_index(r, c)) for c in range(sheet.row_len(r))]
+            for r in range(sheet.nrows)
+        ]
+        book.release_resources()
+    except Exception:  # a damaged or odd file: its values are still written, plainly
+        return None
+    return iter([row if any(row) else [] for row in rows])
+
+
 # --- the .xlsx package --------------------------------------------------------------------------
 
 

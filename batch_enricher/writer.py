@@ -140,10 +140,13 @@ def open_writer(
     escape_formulas: bool = True,
     sheet_title: str = "Sheet1",
     preamble: Sequence[Sequence[Cell]] = (),
+    number_formats: Iterator[Sequence[str | None]] | None = None,
 ) -> Writer:
     """Open a streaming writer for `path` (.csv, .tsv or .xlsx) and write the header row.
 
     `preamble` rows (a title above the header, say) are written first, as they are.
+    `number_formats` (XLSX only) gives, for each row written (preamble, header, then data rows),
+    the number format of each of its cells (None: General); numbers and dates get theirs.
 
     >>> with open_writer(Path("out.csv"), ["name"]) as w:  # doctest: +SKIP
     ...     w.write_row(["=1+1"])
@@ -169,6 +172,7 @@ def open_writer(
                 status_column=status_column,
                 sheet_title=sheet_title,
                 header_index=len(preamble),
+                number_formats=number_formats,
             )
         else:
             # UTF-8 with a BOM, so Excel opens it as UTF-8. The BOM is written by hand: the
@@ -361,8 +365,10 @@ class _XlsxWriter(Writer):
         status_column: int | None,
         sheet_title: str,
         header_index: int = 0,
+        number_formats: Iterator[Sequence[str | None]] | None = None,
     ) -> None:
         super().__init__(target, temp)
+        self._formats = number_formats
         from openpyxl import Workbook
         from openpyxl.cell import WriteOnlyCell
         from openpyxl.styles import Font, PatternFill
@@ -411,12 +417,35 @@ class _XlsxWriter(Writer):
         self._spill_beside(ws)
         for number, row in enumerate(pending):
             if number < self._header_index:
-                self._ws.append([self._typed(value) for value in row])
+                formats = self._row_formats()
+                self._ws.append(
+                    [self._formatted(v, formats[i] if i < len(formats) else None)
+                     for i, v in enumerate(row)]
+                )  # fmt: skip
             else:
                 self._append(row, header=number == self._header_index)
 
+    def _row_formats(self) -> Sequence[str | None]:
+        """The next row's number formats (nothing once they run out, or without any)."""
+        return () if self._formats is None else next(self._formats, ())
+
+    def _formatted(self, value: Cell, number_format: str | None) -> object:
+        """`_typed`, with the number format a number or date had in the input."""
+        if number_format is None or isinstance(value, str | bool) or value is None:
+            return self._typed(value)
+        typed = self._typed(value)
+        if isinstance(typed, str):  # a number written as text keeps no number format
+            return typed
+        if isinstance(typed, int | float | datetime.date | datetime.time):
+            cell = self._new_cell(self._ws, value=typed)  # type: ignore[arg-type]
+        else:
+            cell = cast("XlCell", typed)  # already a cell: a float written as its repr
+        cell.number_format = number_format
+        return cell
+
     def _append(self, cells: Sequence[Cell], *, header: bool) -> None:
         out: list[object] = []
+        formats = self._row_formats()
         for index, value in enumerate(cells):
             if header:
                 out.append(self._styled(_xlsx_text(value), font=self._bold))
@@ -425,6 +454,8 @@ class _XlsxWriter(Writer):
             elif index == self._status_column and isinstance(value, str):
                 fill, font = self._status_styles.get(str(value), (None, None))
                 out.append(self._styled(_xlsx_text(value), fill=fill, font=font))
+            elif index < len(formats):
+                out.append(self._formatted(value, formats[index]))
             else:
                 out.append(self._typed(value))
         try:

@@ -9,6 +9,7 @@ for, the output the same file with the results added.
 from __future__ import annotations
 
 import csv
+import datetime
 import os
 import subprocess
 import sys
@@ -286,15 +287,18 @@ def test_a_large_number_from_xls_keeps_its_digits(
     server = sandbox()
     book = xlwt.Workbook()
     sheet = book.add_sheet("客户")
-    for col, text in enumerate([*ZH[:3], "账号", "金额", "单价"]):
+    for col, text in enumerate([*ZH[:3], "账号", "金额", "单价", "编号", "比例", "日期"]):
         sheet.write(0, col, text)
     name, idcard, mobile = PEOPLE[0]
     sheet.write(1, 0, name)
     sheet.write(1, 1, idcard)
     sheet.write(1, 2, int(mobile))
     sheet.write(1, 3, 6222021234567890123)  # a bank account number kept as a number
-    sheet.write(1, 4, 123456789012345)  # 15 digits: exact in a double
+    sheet.write(1, 4, 123456789012345, xlwt.easyxf(num_format_str='"¥"#,##0.00'))
     sheet.write(1, 5, 3586.1783646399995)  # 17 significant digits to tell it from its neighbours
+    sheet.write(1, 6, 42, xlwt.easyxf(num_format_str="000000"))
+    sheet.write(1, 7, 0.125, xlwt.easyxf(num_format_str="0.00%"))
+    sheet.write(1, 8, datetime.date(2024, 1, 2), xlwt.easyxf(num_format_str="yyyy-mm-dd"))
     src = tmp_path / "legacy.xls"
     book.save(str(src))
 
@@ -309,6 +313,15 @@ def test_a_large_number_from_xls_keeps_its_digits(
     assert f"{float(account):.15g}" == "6.22202123456789e+18"
     assert ws["E2"].data_type == "n" and amount == 123456789012345
     assert ws["F2"].data_type == "n" and ws["F2"].value == 3586.1783646399995
+    # Number formats kept (xlrd reads them; calamine reads only values).
+    got = [(ws[c].value, ws[c].number_format) for c in ("E2", "G2", "H2", "I2", "F2")]
+    assert got == [
+        (123456789012345, '"¥"#,##0.00'),
+        (42, "000000"),
+        (0.125, "0.00%"),
+        (datetime.datetime(2024, 1, 2), "yyyy-mm-dd"),
+        (3586.1783646399995, "General"),
+    ]
     assert server.stats.received == [PEOPLE[0]]
 
 

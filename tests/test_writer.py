@@ -614,3 +614,28 @@ def test_xlsx_rows_with_a_tail_hold_the_same_cells(tmp_path: Path) -> None:
     assert row[:2] == ["王小明", "11010119900307803X"]
     assert row[2:6] == ["ok", None, None, "SANDBOX01"]
     assert row[6] == 16
+
+
+def test_xlsx_number_formats_follow_the_rows_preamble_included(tmp_path: Path) -> None:
+    out = tmp_path / "out.xlsx"
+    formats = iter(
+        [
+            ["0.0"],  # the preamble row
+            [],  # the header row: no formats
+            ["000000", None, "0.00%", "yyyy-mm-dd", "@"],
+            [],  # a row without formats
+        ]
+    )
+    with writer_mod.open_writer(
+        out, ["a", "b", "c", "d", "e"], preamble=[[1.5]], number_formats=formats
+    ) as writer:
+        writer.write_row([42, 7, 0.125, datetime.date(2024, 1, 2), True])
+        writer.write_row([42, "x", 0.5, None, 1])
+        writer.commit()
+    ws = openpyxl.load_workbook(out).worksheets[0]
+    assert ws["A1"].number_format == "0.0"
+    assert [ws.cell(3, c).number_format for c in range(1, 4)] == ["000000", "General", "0.00%"]
+    assert ws["D3"].number_format == "yyyy-mm-dd" and ws["D3"].value == datetime.datetime(
+        2024, 1, 2
+    )
+    assert ws["E3"].value is True and ws["A4"].number_format == "General"
