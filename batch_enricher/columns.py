@@ -291,8 +291,9 @@ def _headers_found(headers: Sequence[str]) -> str:
     A file without a header row shows its first person here: if any cell looks like an ID
     number or mobile, every header is masked and the message says why.
     """
+    headers = [_one_line(h) for h in headers]
     looks_like_data = any(scrub(h) != h for h in headers)
-    shown = [mask_name(h.strip()) if looks_like_data else h.strip() for h in headers]
+    shown = [mask_name(h) if looks_like_data else h for h in headers]
     shown = [s if len(s) <= _MAX_HEADER_CHARS else s[:_MAX_HEADER_CHARS] + "…" for s in shown]
     more = len(shown) - _MAX_HEADERS_SHOWN
     text = ", ".join(shown[:_MAX_HEADERS_SHOWN]) if shown else "(none)"
@@ -307,4 +308,14 @@ def _headers_found(headers: Sequence[str]) -> str:
 
 
 def _quote(text: str) -> str:
-    return '"' + text.strip() + '"'
+    return '"' + _one_line(text) + '"'
+
+
+def _one_line(text: str) -> str:
+    """A header as messages show it, on one line: NULs dropped, line breaks and tabs as spaces.
+
+    >>> _one_line(" Line 1\\nLine\\x002 ")
+    'Line 1 Line2'
+    """
+    text = text.replace("\x00", "")
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())

@@ -326,9 +326,13 @@ def _tally_chunk(m: _Measure, chunk: bytes, lines: list[bytes], offset: int, bef
                 g_line = line.decode("gb18030", "replace")
                 g_chars = _non_ascii(g_line) - g_line.count("\ufffd")
                 line_common = _common(g_line)
-                if line_common * 2 < g_chars or "\ufffd" in g_line:
-                    # Valid UTF-8 that GB18030 reads as rare characters: UTF-8 pasted in (张三
-                    # would read as 寮犱笁). Its characters count as bad, not good.
+                if line_common * 2 < g_chars or "\ufffd" in g_line or _common_chinese(u_line):
+                    # Valid UTF-8 that GB18030 reads as rare characters, or that UTF-8 reads as
+                    # common Chinese: UTF-8 pasted in (张三 would read as 寮犱笁, 赵伟 as 璧典紵,
+                    # two common characters of three). GBK bytes are valid UTF-8 by chance
+                    # only in short runs, and nearly never as common Han (a run of 3n bytes,
+                    # each third byte a UTF-8 lead E4-E9 in GBK's text). Its characters count
+                    # as bad, not good.
                     m.foreign.append((offset, offset + len(line)))
                     g_good -= g_chars
                     common -= line_common
@@ -340,6 +344,20 @@ def _tally_chunk(m: _Measure, chunk: bytes, lines: list[bytes], offset: int, bef
     m.gb.common += common
     if m.gb.first_bad is None:
         m.gb.first_bad = first_gb_bad
+
+
+def _common_chinese(text: str) -> bool:
+    """Whether every non-ASCII character is a common (GB2312) Chinese character or sign.
+
+    >>> _common_chinese("赵伟,1"), _common_chinese("璧典紵"), _common_chinese("Müller")
+    (True, False, False)
+    """
+    chars = [ch for ch in text if ord(ch) > 127]
+    return (
+        bool(chars)
+        and all("\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" for ch in chars)
+        and _common(text) == len(chars)
+    )
 
 
 def _first_line(lines: list[bytes], bad: Callable[[bytes], bool]) -> int:

@@ -211,6 +211,7 @@ def write(
             escape_formulas=options.escape_formulas,
             sheet_title=source.sheet or "Sheet1",
             preamble=source.preamble(),
+            number_formats=_xls_formats(item, keep),
         ) as writer,
         interrupts.cleanup(writer.abort),
     ):
@@ -228,6 +229,19 @@ def write(
 _PATCHED_SUFFIXES: Final = (".xlsx", ".xlsm")
 
 
+def _xls_formats(item: Input, keep: list[int]) -> Iterator[list[str | None]] | None:
+    """An .xls input's number formats for an .xlsx output, in the output's columns."""
+    source = item.source
+    if source.format != "xls" or source.sheet is None or item.output.suffix.lower() != ".xlsx":
+        return None
+    from batch_enricher.sheets import xls_number_formats
+
+    formats = xls_number_formats(source.path, source.sheet)
+    if formats is None:
+        return None
+    return ([row[i] if i < len(row) else None for i in keep] for row in formats)
+
+
 def _patchable(item: Input) -> bool:
     """Whether the output can be the input workbook itself with the results added."""
     source = item.source
@@ -239,6 +253,39 @@ def _patchable(item: Input) -> bool:
     )
 
 
+def check_outputs(items: Iterable[Input], options: EnrichOptions) -> None:
+    """Refuse now, before anything is paid for, an .xlsx output that could not be written.
+
+    A workbook calamine reads may still be one the patch cannot make (a damaged part that
+    calamine never opens): `xlsx_patch.check_workbook` makes the patch with no results.
+    """
+    from batch_enricher.xlsx_patch import check_workbook
+
+    for item in items:
+        if _patchable(item):
+            sheet, header_row, first_col = _patch_place(item)
+            check_workbook(
+                item.source.path,
+                sheet=sheet,
+                header_row=header_row,
+                first_col=first_col,
+                headers=RESULT_COLUMNS[options.headers],
+                spool_dir=item.output.parent,
+                macro_enabled=item.output.suffix.lower() == ".xlsm",
+            )
+
+
+def _patch_place(item: Input) -> tuple[str, int, int]:
+    """(sheet, header row, first result column) of the result block patched into a workbook.
+
+    An earlier run's block is replaced where it is; else the block goes after the widest row.
+    """
+    source = item.source
+    assert source.sheet is not None
+    first_col = min(item.old_results) + 1 if item.old_results else source.width + 1
+    return source.sheet, source.header_row, first_col
+
+
 def _write_patched(
     item: Input,
     join: Join,
@@ -248,16 +295,13 @@ def _write_patched(
 ) -> None:
     from batch_enricher.xlsx_patch import open_patch_writer
 
-    source = item.source
-    assert source.sheet is not None
-    # An earlier run's block is replaced where it is; else the block goes after the widest row.
-    first_col = min(item.old_results) + 1 if item.old_results else source.width + 1
+    sheet, header_row, first_col = _patch_place(item)
     with (
         open_patch_writer(
             item.output,
-            source.path,
-            sheet=source.sheet,
-            header_row=source.header_row,
+            item.source.path,
+            sheet=sheet,
+            header_row=header_row,
             first_col=first_col,
             headers=RESULT_COLUMNS[options.headers],
             status_column=0,

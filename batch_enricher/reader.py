@@ -16,6 +16,8 @@ input twice). The contract:
   as they are (an empty list, or empty cells), rows shorter or longer than the header as they
   are (a cell past the header's last column is kept). `Source.numbered_rows()` yields the same
   rows as `(row number, cells)`.
+- `Source.head(n)` is the first n rows of `rows()`, the first `HEAD_ROWS` of them kept from
+  the open (a workbook is loaded whole for every pass).
 - `Source.width` is the widest row of the file (preamble and header included), known after the
   first full pass (reading it earlier makes one).
 - A CSV read with replacement markers (`Source.damaged`, see `encoding.py`) has U+FFFD where
@@ -78,6 +80,8 @@ FORMATS: Final[dict[str, str]] = {
 
 #: How much text decides the delimiter.
 SAMPLE_CHARS: Final = 1 << 16
+#: Rows after the header that `open_source` keeps for `Source.head`.
+HEAD_ROWS: Final = 1000
 #: Candidate delimiters; on a tie the earlier one wins.
 DELIMITERS: Final = (",", "\t", ";")
 
@@ -117,10 +121,25 @@ class Source:
     _sheet: sheets.Sheet | None = field(default=None, repr=False)
     _preamble: list[list[Cell]] = field(default_factory=list, repr=False)
     _width: int | None = field(default=None, repr=False)
+    _head: list[list[Cell]] = field(default_factory=list, repr=False)
+    _head_complete: bool = field(default=False, repr=False)  # `_head` holds every row
 
     def preamble(self) -> list[list[Cell]]:
         """The rows above the header row, as read."""
         return [list(row) for row in self._preamble]
+
+    def head(self, count: int) -> list[list[Cell]]:
+        """The first `count` rows after the header, as `rows()` gives them.
+
+        Up to `HEAD_ROWS` come from what `open_source` read; more cost a pass of their own.
+        """
+        if count <= len(self._head) or self._head_complete:
+            return [list(row) for row in self._head[:count]]
+        rows = self.rows()
+        try:
+            return list(itertools.islice(rows, count))
+        finally:
+            rows.close()
 
     def rows(self) -> Generator[list[Cell], None, None]:
         """Every row after the header, from the top of the file on each call (see module)."""
@@ -323,7 +342,10 @@ def _find_header(source: Source, header_row: int | None, names: ColumnNames | No
                     try:
                         _search_header(top[:HEADER_SEARCH_ROWS], names, strict=True)
                     except ColumnError as exc:
-                        if any(damaged_cell(row) is not None for row in top):
+                        # Damaged bytes are a CSV's problem: a workbook's U+FFFD is a character.
+                        if source.format == "csv" and any(
+                            damaged_cell(row) is not None for row in top
+                        ):
                             label = source._text().label
                             raise ColumnError(
                                 f"{exc}. Some of these rows hold bytes that are not valid "
@@ -335,7 +357,13 @@ def _find_header(source: Source, header_row: int | None, names: ColumnNames | No
         source.header_row = number
         source.headers = _texts(top[number - 1])
         source._preamble = top[: number - 1]
-        if all(_is_empty(row) for row in itertools.chain(top[number:], records)):
+        # The first rows after the header are kept: a workbook is loaded whole by calamine,
+        # so `head` spares the caller who samples them a pass of its own.
+        after = itertools.chain(top[number:], records)
+        head = list(itertools.islice(after, HEAD_ROWS))
+        source._head = head
+        source._head_complete = len(head) < HEAD_ROWS
+        if all(_is_empty(row) for row in head) and all(_is_empty(row) for row in after):
             raise InputError(f"{path} has a header row but no data rows")
     finally:
         records.close()

@@ -21,7 +21,6 @@ depend on more than those cells: a damaged file's rows, and rows whose three cel
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import islice
 from typing import Final
 
 from batch_enricher.codes import INVALID_NAME, reason_of
@@ -108,8 +107,4 @@ class RowCheck:
 def name_profile(source: Source, columns: ColumnMap, sample: int = 1000) -> NameProfile:
     """What the names of a file are written in, from its first `sample` rows."""
     at = columns.realname
-    rows = source.rows()
-    try:
-        return profile(row[at] for row in islice(rows, sample) if len(row) > at)
-    finally:
-        rows.close()  # stop reading (and close the file) after the sample
+    return profile(row[at] for row in source.head(sample) if len(row) > at)

@@ -34,7 +34,7 @@ from batch_enricher.dispatch import dispatch
 from batch_enricher.errors import ConfigError, InputError, OutputError
 from batch_enricher.guards import RunControl
 from batch_enricher.interrupts import Interrupts
-from batch_enricher.join import Join, count_only, write
+from batch_enricher.join import Join, check_outputs, count_only, write
 from batch_enricher.models import Status
 from batch_enricher.plan import Input, make_plan
 from batch_enricher.progress import NullProgress, Progress
@@ -246,6 +246,7 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
         plan = make_plan(inputs, journal, spill, cutoff, summary, progress, interrupts)
         if not options.dry_run:
             _check_room(inputs, options.headers)  # the widest row is known now
+            check_outputs(inputs, options)  # a workbook the patch cannot make: refused now
             interrupts.loop = asyncio.get_running_loop()
             if interrupts.reason is not None:  # a signal during planning: send nothing
                 control.stop(interrupts.reason)

@@ -17,7 +17,10 @@ times `time`, durations text ("1 day, 6:00:00"); error cells (#DIV/0!) are None,
 a text of ASCII spaces alone stored without xml:space="preserve" (openpyxl writes them so;
 Excel does not). A row's trailing empty cells are dropped; rows start at the sheet's row 1.
 
-Every failure is an `InputError` naming the file and what to do. Rust panics
+An .xls file is first read once in a child process under an address-space limit
+(`_probe_xls`): on some damaged files calamine follows a looping sector chain until an
+allocation of gigabytes fails, and Rust then aborts the whole process, which no `except` can
+catch. Every failure is an `InputError` naming the file and what to do. Rust panics
 (`pyo3_runtime.PanicException`, a BaseException that slips past `except Exception`) are caught
 here, and the panic message Rust prints itself is kept off the terminal.
 """
@@ -30,6 +33,7 @@ import io
 import os
 import posixpath
 import re
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -237,11 +241,72 @@ def _rust_call(path: Path, fmt: str) -> Iterator[None]:
                     os.write(2, said)
 
 
+#: What the .xls probe may use: address space (a real .xls sheet needs well under 1 GiB in
+#: calamine, a damaged one can ask for 4 GiB at a time and more) and seconds.
+PROBE_MEMORY: Final = 2 << 30
+PROBE_SECONDS: Final = 60.0
+# Run with `python -I -c`: limit the address space, then open the workbook and load every
+# worksheet as the reader would. A Python exception is no danger (the reader reports it);
+# only an abort, a crash or a hang is.
+_PROBE: Final = """
+import io, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
+try:
+    import python_calamine as pc
+    with open(sys.argv[1], "rb") as f:
+        book = pc.CalamineWorkbook.from_filelike(io.BytesIO(f.read()))
+    for meta in book.sheets_metadata:
+        if meta.typ == pc.SheetTypeEnum.WorkSheet:
+            book.get_sheet_by_name(meta.name)
+except BaseException:
+    pass
+"""
+
+
+def _probe_xls(path: Path) -> None:
+    """Refuse an .xls that would take calamine down with it: try it in a child process first.
+
+    calamine parses the OLE2 container of a damaged .xls trusting its sector chains: a chain
+    that loops grows until an allocation of gigabytes fails, and Rust then aborts the whole
+    process (no exception to catch), or the kernel kills it. The child runs under an address
+    space limit and a timeout; once it has read the file cleanly, the reader may. A file is
+    probed once per size and modification time.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _PROBED:
+        return
+    limit = PROBE_MEMORY + 2 * st.st_size
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _PROBE, str(path), str(limit)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise _broken(path, "xls") from None
+    except OSError:
+        return  # no child can be started here: read it in-process, as before
+    if done.returncode != 0:
+        raise _broken(path, "xls")
+    _PROBED.add(key)
+
+
+_PROBED: set[tuple[str, int, int]] = set()
+
+
 def _open_calamine(path: Path, fmt: str) -> Any:
     import python_calamine
 
     with path.open("rb") as f:
         magic = f.read(8)
+    if fmt == "xls" and magic == _OLE2_MAGIC:
+        _probe_xls(path)
     if fmt == "xlsx" and magic == _OLE2_MAGIC:
         # Excel saves password-protected workbooks as an encrypted OLE2 container.
         raise InputError(
@@ -287,6 +352,37 @@ def _calamine_rows(path: Path, fmt: str, name: str) -> Generator[list[Cell], Non
             raise
     finally:
         workbook.close()
+
+
+# --- .xls number formats ------------------------------------------------------------------------
+
+
+def xls_number_formats(path: Path, name: str) -> Iterator[list[str | None]] | None:
+    """Each row's number formats in sheet `name` of an .xls, from row 1 (None: General).
+
+    python-calamine reads values only; xlrd (`formatting_info=True`) reads the formats, so an
+    .xls written out as .xlsx keeps `000000`, `0.00%` or `yyyy-mm-dd`. Formats are an extra:
+    a file xlrd cannot read for them (it reads only the BIFF8 that calamine also reads after
+    the probe) gives None, and the output is written without them.
+    """
+    import xlrd  # type: ignore[import-untyped]
+
+    try:
+        book = xlrd.open_workbook(str(path), formatting_info=True, on_demand=True)
+        sheet = book.sheet_by_name(name)
+        by_xf: dict[int, str | None] = {}
+        for index, xf in enumerate(book.xf_list):
+            shown = book.format_map.get(xf.format_key)
+            text = shown.format_str if shown is not None else "General"
+            by_xf[index] = None if text in ("General", "") else text
+        rows = [
+            [by_xf.get(sheet.cell_xf_index(r, c)) for c in range(sheet.row_len(r))]
+            for r in range(sheet.nrows)
+        ]
+        book.release_resources()
+    except Exception:  # a damaged or odd file: its values are still written, plainly
+        return None
+    return iter([row if any(row) else [] for row in rows])
 
 
 # --- the .xlsx package --------------------------------------------------------------------------

@@ -19,11 +19,11 @@ Formats:
   With `escape_formulas` a str cell starting with `=`, `+`, `-`, `@`, tab, CR or LF gets a
   leading `'` (OWASP CSV injection), headers and our own columns included.
 - XLSX: an openpyxl write-only workbook. Every str is a string cell, never a formula or an error
-  value; characters XML cannot hold are dropped; numbers and dates stay typed (except ints too
-  long for Excel's 15 significant digits, written as text so no digit is lost). `text_columns`
-  are text cells with number format "@". Bold header, frozen header row, an auto-filter over
-  the data, column widths from the first rows, coloured status cells and an optional summary
-  sheet with bar charts.
+  value; characters XML cannot hold are dropped, a CR is kept (as `_x000D_`); numbers and dates
+  stay typed (except ints with more than Excel's 15 significant digits, written as text so no
+  digit is lost). `text_columns` are text cells with number format "@". Bold header, frozen
+  header row, an auto-filter over the data, column widths from the first rows, coloured status
+  cells and an optional summary sheet with bar charts.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ _STATUS_COLOURS: Final[dict[str, tuple[str, str]]] = {
 _WIDTH_SAMPLE_ROWS: Final = 200
 _MIN_WIDTH: Final = 8
 _MAX_WIDTH: Final = 60
-#: Excel keeps 15 significant digits; longer ints are written as text so none is lost.
+#: Excel keeps 15 significant digits; ints with more are written as text so none is lost.
 _MAX_EXACT_INT: Final = 10**15
 #: Floats below this are exact integers when integral, so "1.0" can be written "1".
 _MAX_EXACT_FLOAT: Final = 2.0**53
@@ -95,6 +95,23 @@ _CHART_ROWS: Final = 16
 _EXCEL_MAX_STR: Final = 32767
 
 _DELIMITERS: Final = {".csv": ",", ".tsv": "\t"}
+
+
+def excel_keeps(value: int) -> bool:
+    """Whether Excel holds every digit of the int as a number: at most 15 significant ones.
+
+    A big number read from a spreadsheet is one Excel held (a double shown to 15 digits:
+    6222021234567890000) and goes back as the number it was; an int with more digits (an ID
+    typed into a CSV-made cell) would lose some and is written as text.
+
+    >>> excel_keeps(6222021234567890000), excel_keeps(110101199003078034), excel_keeps(-42)
+    (True, False, True)
+    """
+    if -_MAX_EXACT_INT < value < _MAX_EXACT_INT:
+        return True
+    digits = str(abs(value)).rstrip("0")
+    return len(digits) <= 15 and abs(value) < 10**308
+
 
 #: In every temporary file's name, after `.<target name>.`: how a sweep knows a file is ours.
 _TEMP_TAG: Final = "batch-enricher-"
@@ -123,10 +140,13 @@ def open_writer(
     escape_formulas: bool = True,
     sheet_title: str = "Sheet1",
     preamble: Sequence[Sequence[Cell]] = (),
+    number_formats: Iterator[Sequence[str | None]] | None = None,
 ) -> Writer:
     """Open a streaming writer for `path` (.csv, .tsv or .xlsx) and write the header row.
 
     `preamble` rows (a title above the header, say) are written first, as they are.
+    `number_formats` (XLSX only) gives, for each row written (preamble, header, then data rows),
+    the number format of each of its cells (None: General); numbers and dates get theirs.
 
     >>> with open_writer(Path("out.csv"), ["name"]) as w:  # doctest: +SKIP
     ...     w.write_row(["=1+1"])
@@ -152,6 +172,7 @@ def open_writer(
                 status_column=status_column,
                 sheet_title=sheet_title,
                 header_index=len(preamble),
+                number_formats=number_formats,
             )
         else:
             # UTF-8 with a BOM, so Excel opens it as UTF-8. The BOM is written by hand: the
@@ -344,8 +365,10 @@ class _XlsxWriter(Writer):
         status_column: int | None,
         sheet_title: str,
         header_index: int = 0,
+        number_formats: Iterator[Sequence[str | None]] | None = None,
     ) -> None:
         super().__init__(target, temp)
+        self._formats = number_formats
         from openpyxl import Workbook
         from openpyxl.cell import WriteOnlyCell
         from openpyxl.styles import Font, PatternFill
@@ -394,12 +417,35 @@ class _XlsxWriter(Writer):
         self._spill_beside(ws)
         for number, row in enumerate(pending):
             if number < self._header_index:
-                self._ws.append([self._typed(value) for value in row])
+                formats = self._row_formats()
+                self._ws.append(
+                    [self._formatted(v, formats[i] if i < len(formats) else None)
+                     for i, v in enumerate(row)]
+                )  # fmt: skip
             else:
                 self._append(row, header=number == self._header_index)
 
+    def _row_formats(self) -> Sequence[str | None]:
+        """The next row's number formats (nothing once they run out, or without any)."""
+        return () if self._formats is None else next(self._formats, ())
+
+    def _formatted(self, value: Cell, number_format: str | None) -> object:
+        """`_typed`, with the number format a number or date had in the input."""
+        if number_format is None or isinstance(value, str | bool) or value is None:
+            return self._typed(value)
+        typed = self._typed(value)
+        if isinstance(typed, str):  # a number written as text keeps no number format
+            return typed
+        if isinstance(typed, int | float | datetime.date | datetime.time):
+            cell = self._new_cell(self._ws, value=typed)  # type: ignore[arg-type]
+        else:
+            cell = cast("XlCell", typed)  # already a cell: a float written as its repr
+        cell.number_format = number_format
+        return cell
+
     def _append(self, cells: Sequence[Cell], *, header: bool) -> None:
         out: list[object] = []
+        formats = self._row_formats()
         for index, value in enumerate(cells):
             if header:
                 out.append(self._styled(_xlsx_text(value), font=self._bold))
@@ -408,6 +454,8 @@ class _XlsxWriter(Writer):
             elif index == self._status_column and isinstance(value, str):
                 fill, font = self._status_styles.get(str(value), (None, None))
                 out.append(self._styled(_xlsx_text(value), fill=fill, font=font))
+            elif index < len(formats):
+                out.append(self._formatted(value, formats[index]))
             else:
                 out.append(self._typed(value))
         try:
@@ -419,7 +467,7 @@ class _XlsxWriter(Writer):
     def _typed(self, value: Cell) -> object:
         """A plain value openpyxl may write as is, or a cell forced to the type we mean."""
         if isinstance(value, str):
-            text = _xml_safe(str(value))
+            text = _excel_string(str(value))
             # openpyxl would store these as a formula or an error value: force a string cell.
             if text[:1] == "=" or text in _error_codes():
                 return self._styled(text)
@@ -427,9 +475,18 @@ class _XlsxWriter(Writer):
         if isinstance(value, bool) or value is None:
             return value
         if isinstance(value, int):
-            return value if -_MAX_EXACT_INT < value < _MAX_EXACT_INT else str(value)
+            return value if excel_keeps(value) else str(value)
         if isinstance(value, float):
-            return value if math.isfinite(value) else repr(value)
+            if not math.isfinite(value):
+                return repr(value)
+            if float(f"{value:.16g}") == value:
+                return value
+            # openpyxl writes 16 significant digits ("%.16g"), one short of some doubles: an
+            # .xls's 3586.1783646399995 would come back 3586.178364639999. Its shortest
+            # round-trip text instead, in a number cell.
+            cell = self._new_cell(self._ws, value=repr(value))
+            cell.data_type = "n"
+            return cell
         if isinstance(value, datetime.datetime | datetime.time) and value.tzinfo is not None:
             return value.isoformat()  # Excel has no time zones; keep the offset as text
         return value
@@ -601,7 +658,27 @@ def _escaped_text(value: Cell) -> str:
 
 def _xlsx_text(value: Cell) -> str | None:
     """A cell as XLSX string content: CSV text with characters XML cannot hold removed."""
-    return None if value is None else _xml_safe(_text(value))
+    return None if value is None else _excel_string(_text(value))
+
+
+#: Excel reads `_xHHHH_` in a string as the character U+HHHH; a literal one is escaped as
+#: `_x005F_xHHHH_` (ECMA-376 Part 1, 22.9.2.19).
+EXCEL_ESCAPE: Final = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
+
+
+def _excel_string(text: str) -> str:
+    """Text as openpyxl should write it for Excel to read it back as it was.
+
+    openpyxl writes a CR as it is, and an XML parser reads that as LF: a CR goes as `_x000D_`,
+    the escape Excel itself writes (python-calamine and LibreOffice read it too), and a literal
+    `_xHHHH_` is escaped so it is not read as a character.
+    """
+    text = _xml_safe(text)
+    if "_x" in text:
+        text = EXCEL_ESCAPE.sub(r"_x005F_\1", text)
+    if "\r" in text:
+        text = text.replace("\r", "_x000D_")
+    return text
 
 
 def _xml_safe(text: str) -> str:

@@ -4,9 +4,9 @@
 for byte) the fonts, fills, number formats and cell formats our cells need, and returns their
 indexes as `CellStyles`. `CellRenderer` turns one row's result cells into XML, typed as the
 XLSX writer types them (writer.py): a text cell is an inline string (never a formula, whatever
-it starts with), numbers and booleans stay typed, ints too long for Excel's 15 digits and
-non-finite floats become text, dates become serial numbers with a date format; `text_columns`
-are text with number format "@"; the status column is coloured by status.
+it starts with), numbers and booleans stay typed, ints with more than Excel's 15 significant
+digits and non-finite floats become text, dates become serial numbers with a date format;
+`text_columns` are text with number format "@"; the status column is coloured by status.
 
 A row is rendered once per distinct result (a person's cells are the same on every row of
 theirs) into a template whose pieces are joined with the row number: the per-row cost is one
@@ -23,16 +23,20 @@ from dataclasses import dataclass
 from typing import Final
 
 from batch_enricher.errors import InputError
-from batch_enricher.writer import _MAX_EXACT_INT, _STATUS_COLOURS, Cell, _text, _xml_safe
+from batch_enricher.writer import (
+    _STATUS_COLOURS,
+    EXCEL_ESCAPE,
+    Cell,
+    _text,
+    _xml_safe,
+    excel_keeps,
+)
 
 #: Templates kept per renderer before the cache starts over (a template is ~1 KB).
 _CACHE_SIZE: Final = 4096
 #: Marks where the row number goes in a rendered template (XML text never holds a NUL).
 _ROW: Final = "\x00"
 
-#: Excel reads `_xHHHH_` in a string as the character U+HHHH; a literal one is escaped as
-#: `_x005F_xHHHH_` (ECMA-376 Part 1, 22.9.2.19).
-_EXCEL_ESCAPE: Final = re.compile(r"_(x[0-9A-Fa-f]{4}_)")
 #: `\r` is written as a character reference: an XML parser turns a literal CR into LF.
 _XML_TEXT: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
 _XML_ATTR: Final = str.maketrans(
@@ -90,7 +94,7 @@ def xml_text(text: str) -> str:
 def string_element(text: str, prefix: str = "") -> str:
     """The `<is>` element of an inline string cell holding `text` (already XML-safe)."""
     if "_x" in text:
-        text = _EXCEL_ESCAPE.sub(r"_x005F_\1", text)
+        text = EXCEL_ESCAPE.sub(r"_x005F_\1", text)
     space = ' xml:space="preserve"' if text != text.strip() else ""
     return f"<{prefix}is><{prefix}t{space}>{text.translate(_XML_TEXT)}</{prefix}t></{prefix}is>"
 
@@ -203,7 +207,7 @@ class CellRenderer:
         if isinstance(value, bool):
             return ' t="b"', f"<{self._prefix}v>{int(value)}</{self._prefix}v>"
         if isinstance(value, int):
-            if -_MAX_EXACT_INT < value < _MAX_EXACT_INT:
+            if excel_keeps(value):
                 return "", f"<{self._prefix}v>{value}</{self._prefix}v>"
             return self._string(str(value), None)
         if isinstance(value, float):

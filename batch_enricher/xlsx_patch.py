@@ -34,7 +34,7 @@ import zipfile
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, cast
 
 from batch_enricher.errors import InputError, OutputError
 from batch_enricher.writer import (
@@ -125,17 +125,66 @@ def patch_workbook(
             patcher.finish(summary)
 
 
-def check_workbook(src: Path, sheet: str) -> None:
-    """Raise InputError now if `src` is a workbook whose sheet `sheet` cannot be patched."""
+def check_workbook(
+    src: Path,
+    *,
+    sheet: str,
+    header_row: int,
+    first_col: int,
+    headers: Sequence[str],
+    spool_dir: Path,
+    macro_enabled: bool | None = None,
+) -> None:
+    """Raise InputError now if the patch `patch_workbook` would make of `src` cannot be made.
+
+    The check is that patch with no result rows, written nowhere: every part the patch reads
+    or edits is read (its CRC checked) and edited, and the sheet streams through the rewriter
+    into a spool in `spool_dir` (0.4 s for a 100,000-row sheet). A workbook calamine reads can
+    still fail here (a damaged part calamine never opens, a part in UTF-16): run it before
+    anything is paid for, with the arguments the patch will get.
+    """
     try:
-        with zipfile.ZipFile(src) as zf:
-            read_package(zf, sheet)
+        patcher = _Patcher(
+            src,
+            cast(IO[bytes], _Sink()),
+            spool_dir=spool_dir,
+            sheet=sheet,
+            header_row=header_row,
+            first_col=first_col,
+            headers=headers,
+            text_columns=(),
+            status_column=0,
+            macro_enabled=macro_enabled,
+        )
+        with _closing_on_error(patcher):
+            patcher.finish(SummarySheet("Summary", [("rows", 0)], []))
     except InputError as exc:
-        raise InputError(f"cannot add results to {src.name}: {exc}") from None
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
+        message = str(exc)
+        if not message.startswith("cannot add results"):
+            message = f"cannot add results to {src.name}: {message}"
+        raise InputError(message) from None
+    except (zipfile.BadZipFile, KeyError, ValueError, zlib.error, EOFError) as exc:
         raise InputError(
-            f"cannot add results to {src.name}: not a valid workbook ({exc})"
+            f"cannot add results to {src.name}: the workbook is damaged ({exc}); open it in "
+            "Excel and save it again, or write a .csv output"
         ) from None
+
+
+class _Sink:
+    """A write-only stream that keeps nothing (for `check_workbook`)."""
+
+    def __init__(self) -> None:
+        self._position = 0
+
+    def write(self, data: bytes) -> int:
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        """Nothing to flush."""
 
 
 class PatchWriter(Writer):
@@ -318,7 +367,8 @@ class _Patcher:
         assert self._zin is not None and self._spool is not None
         self._spool.finish()
         package, zin = self._package, self._zin
-        edited, new_parts = self._edited_parts(summary, found)
+        with self._reading():
+            edited, new_parts = self._edited_parts(summary, found)
         dropped = self._dropped_parts()
         out = ZipWriter(self._out)
         with self._reading():

@@ -164,3 +164,12 @@ def test_header_search_stops_at_the_limit() -> None:
         "if it is further down, pass --header-row N)"
     )
     assert find_header(rows, limit=21)[0] == 21
+
+
+def test_headers_in_messages_stay_on_one_line() -> None:
+    # Third-party workbooks have headers with line breaks, and UTF-16 read as bytes (NULs).
+    with pytest.raises(ColumnError) as caught:
+        find_columns(["Line 1\nLine 2", "T\x00i\x00t\x00e\x00l", "x\r\ny"])
+    message = str(caught.value)
+    assert "\n" not in message and "\r" not in message and "\x00" not in message
+    assert "Headers found: Line 1 Line 2, Titel, x y" in message

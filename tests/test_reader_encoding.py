@@ -109,6 +109,18 @@ def test_utf8_lines_in_a_gbk_file_are_damaged_rows_not_mojibake(tmp_path: Path) 
     assert list(_damaged(source)) == [22]
 
 
+def test_utf8_that_gb18030_reads_as_mostly_common_characters_is_still_damaged(
+    tmp_path: Path,
+) -> None:
+    # 赵伟 in UTF-8 reads as 璧典紵 in GB18030: two common characters of three. It was sent.
+    gbk = _csv(HEADERS_ZH, PEOPLE * 5).encode("gbk")
+    utf8 = "赵伟,110101199003078036,13512345678,网上\r\n".encode()
+    source = open_source(_write(tmp_path / "mixed.csv", gbk + utf8))
+    assert (source.encoding, source.damaged) == ("gb18030", True)
+    assert list(_damaged(source)) == [22]
+    assert "璧" not in str(_numbered(source))
+
+
 def test_half_gbk_half_utf8_is_refused_naming_lines_and_encoding(tmp_path: Path) -> None:
     gbk = _csv(HEADERS_ZH, PEOPLE).encode("gbk")
     utf8 = "".join(",".join(p) + "\r\n" for p in PEOPLE).encode()

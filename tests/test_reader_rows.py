@@ -223,3 +223,18 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 def test_a_device_is_refused() -> None:
     with pytest.raises(InputError, match="is not a regular file"):
         open_source(Path("/dev/null"))
+
+
+def test_head_is_the_first_rows_without_another_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batch_enricher import reader, sheets
+
+    rows = [["title"], HEADER, *([PERSON, []] * 8)]
+    source = open_source(_xlsx(tmp_path / "t.xlsx", rows))
+    everything = list(source.rows())
+    monkeypatch.setattr(sheets, "sheet_rows", lambda *a: pytest.fail("a pass of its own"))
+    assert source.head(5) == everything[:5] and source.head(100) == everything
+    monkeypatch.setattr(reader, "HEAD_ROWS", 3)
+    long = open_source(_write(tmp_path / "t.csv", _lines(HEADER, *[PERSON] * 6)))
+    assert len(long._head) == 3 and long.head(6) == [PERSON] * 6  # read on past what it kept

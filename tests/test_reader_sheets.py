@@ -16,6 +16,7 @@ import xlwt  # type: ignore[import-untyped]
 from batch_enricher import sheets
 from batch_enricher.errors import InputError
 from batch_enricher.reader import Cell, open_source
+from tests.workbooks import strict_ooxml
 
 HEADER = ["姓名", "身份证号", "手机号"]
 PERSON = ["张三", "11010119900307803X", "13812345678"]
@@ -144,30 +145,11 @@ def test_a_sheet_part_with_broken_xml(tmp_path: Path) -> None:
         _read(broken)
 
 
-def _strict(plain: Path, strict: Path) -> Path:
-    """The workbook as Excel's "Strict Open XML Spreadsheet" would save it (namespaces)."""
-    moves = [
-        (b"http://schemas.openxmlformats.org/spreadsheetml/2006/main", sheets.STRICT_NS.encode()),
-        (
-            b"http://schemas.openxmlformats.org/officeDocument/2006/relationships",
-            b"http://purl.oclc.org/ooxml/officeDocument/relationships",
-        ),
-    ]
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(strict, "w") as dst:
-        for name in src.namelist():
-            data = src.read(name)
-            if name != "[Content_Types].xml":
-                for old, new in moves:
-                    data = data.replace(old, new)
-            dst.writestr(name, data)
-    return strict
-
-
 def test_a_strict_open_xml_workbook_is_read(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
 ) -> None:
     plain = _xlsx(tmp_path / "plain.xlsx", [HEADER, [*PERSON[:2], 13812345678]])
-    path = _strict(plain, tmp_path / "strict.xlsx")
+    path = strict_ooxml(plain, tmp_path / "strict.xlsx")
     assert b"purl.oclc.org" in zipfile.ZipFile(path).read("xl/workbook.xml")
     source = open_source(path)
     assert (source.sheet, source.strict_ooxml, source.headers) == ("名单", True, HEADER)
@@ -178,7 +160,7 @@ def test_a_strict_open_xml_workbook_is_read(
 def test_a_strict_workbook_too_large_for_calamine_is_refused_clearly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = _strict(_xlsx(tmp_path / "p.xlsx", [HEADER, PERSON]), tmp_path / "strict.xlsx")
+    path = strict_ooxml(_xlsx(tmp_path / "p.xlsx", [HEADER, PERSON]), tmp_path / "strict.xlsx")
     monkeypatch.setattr(sheets, "CALAMINE_MAX_CELLS", 2)
     with pytest.raises(InputError, match=r"saved as Strict Open XML .* save it as Excel Workbook"):
         open_source(path)
@@ -313,3 +295,30 @@ def test_the_extent_counts_cells_with_values_not_formatting(tmp_path: Path) -> N
     sheet["AB3"] = None
     workbook.save(path)
     assert sheets._xlsx_extent(path, "名单") == (False, 7, 10)
+
+
+def test_a_replacement_character_in_a_workbook_is_no_encoding_problem(tmp_path: Path) -> None:
+    # An .xls from calamine's tests has one: the header search asked a workbook for its text
+    # encoding (an AssertionError, "please report this").
+    from batch_enricher.columns import ColumnNames
+    from batch_enricher.errors import ColumnError
+
+    path = _xlsx(tmp_path / "fffd.xlsx", [["名\ufffd", "x", "y"], ["a", "b", "c"]])
+    with pytest.raises(ColumnError, match="no name column found") as caught:
+        open_source(path, names=ColumnNames())
+    assert "encoding" not in str(caught.value)
+
+
+def test_an_xls_that_would_abort_calamine_is_refused(tmp_path: Path) -> None:
+    # A FAT whose chain loops: calamine grows the directory chain until an allocation of
+    # gigabytes fails, and Rust aborts the process. The probe reads it in a child first.
+    data = bytearray(_xls_bytes(tmp_path))
+    sector = 512
+    first_fat = int.from_bytes(data[76:80], "little")  # the first FAT sector, from the DIFAT
+    dir_start = int.from_bytes(data[48:52], "little")
+    fat_at = sector * (1 + first_fat) + 4 * dir_start
+    data[fat_at : fat_at + 4] = dir_start.to_bytes(4, "little")  # the directory chain loops
+    path = tmp_path / "loop.xls"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"loop\.xls is not a readable \.xls file"):
+        open_source(path)

@@ -192,6 +192,36 @@ def test_xlsx_long_ints_outside_text_columns_keep_every_digit(tmp_path: Path) ->
     assert ws["D2"].value == "123456789012345678"
 
 
+def test_xlsx_big_numbers_excel_holds_stay_numbers(tmp_path: Path) -> None:
+    # 15 significant digits, as a spreadsheet's double shows them: a number, as it was read.
+    ws = _xlsx(tmp_path, [["a", None, None, 6222021234567890000, "ok"]]).worksheets[0]
+    assert ws["D2"].data_type == "n" and float(ws["D2"].value) == float(6222021234567890000)
+    assert writer_mod.excel_keeps(-(10**15)) and not writer_mod.excel_keeps(10**15 + 1)
+
+
+def test_xlsx_floats_come_back_as_the_same_doubles(tmp_path: Path) -> None:
+    from python_calamine import CalamineWorkbook
+
+    floats = [3586.1783646399995, 0.1 + 0.2, 1 / 3, 2.5, -1e-300, 1.7976931348623157e308]
+    out = tmp_path / "out.xlsx"
+    _write(out, [["a", None, None, value, "ok"] for value in floats])
+    rows = CalamineWorkbook.from_path(str(out)).get_sheet_by_index(0).to_python()
+    assert [row[3] for row in rows[1:]] == floats
+    ws = openpyxl.load_workbook(out).worksheets[0]
+    assert [ws.cell(r, 4).value for r in range(2, 2 + len(floats))] == floats
+    assert {ws.cell(r, 4).data_type for r in range(2, 2 + len(floats))} == {"n"}
+
+
+def test_xlsx_keeps_a_cr_and_literal_escapes(tmp_path: Path) -> None:
+    from python_calamine import CalamineWorkbook
+
+    out = tmp_path / "out.xlsx"
+    texts = ["a\rb", "a\r\nb", "_x000D_", "x_x0041_y"]
+    _write(out, [[t, None, None, None, "ok"] for t in texts], text_columns={1})
+    rows = CalamineWorkbook.from_path(str(out)).get_sheet_by_index(0).to_python()
+    assert [row[0] for row in rows[1:]] == texts  # as Excel reads them
+
+
 def test_xlsx_is_ready_to_use(tmp_path: Path) -> None:
     rows: list[list[Cell]] = [["张三", "1", "2", i, "ok"] for i in range(450)]  # past the sample
     ws = _xlsx(tmp_path, rows).worksheets[0]
@@ -584,3 +614,28 @@ def test_xlsx_rows_with_a_tail_hold_the_same_cells(tmp_path: Path) -> None:
     assert row[:2] == ["王小明", "11010119900307803X"]
     assert row[2:6] == ["ok", None, None, "SANDBOX01"]
     assert row[6] == 16
+
+
+def test_xlsx_number_formats_follow_the_rows_preamble_included(tmp_path: Path) -> None:
+    out = tmp_path / "out.xlsx"
+    formats = iter(
+        [
+            ["0.0"],  # the preamble row
+            [],  # the header row: no formats
+            ["000000", None, "0.00%", "yyyy-mm-dd", "@"],
+            [],  # a row without formats
+        ]
+    )
+    with writer_mod.open_writer(
+        out, ["a", "b", "c", "d", "e"], preamble=[[1.5]], number_formats=formats
+    ) as writer:
+        writer.write_row([42, 7, 0.125, datetime.date(2024, 1, 2), True])
+        writer.write_row([42, "x", 0.5, None, 1])
+        writer.commit()
+    ws = openpyxl.load_workbook(out).worksheets[0]
+    assert ws["A1"].number_format == "0.0"
+    assert [ws.cell(3, c).number_format for c in range(1, 4)] == ["000000", "General", "0.00%"]
+    assert ws["D3"].number_format == "yyyy-mm-dd" and ws["D3"].value == datetime.datetime(
+        2024, 1, 2
+    )
+    assert ws["E3"].value is True and ws["A4"].number_format == "General"

@@ -19,26 +19,27 @@ import subprocess
 import warnings
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from copy import copy
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
-from openpyxl.comments import Comment
-from openpyxl.formatting.rule import CellIsRule
-from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
-from openpyxl.worksheet.datavalidation import DataValidation
 from python_calamine import CalamineWorkbook
 
 from batch_enricher.errors import InputError
 from batch_enricher.writer import Cell, SummarySheet, Tail
 from batch_enricher.xlsx_patch import check_workbook, open_patch_writer, patch_workbook
+from tests.workbooks import FIXTURE_AREA, SHEET, area_differences
+from tests.workbooks import customer_workbook as _fixture
+from tests.workbooks import load as _load
+from tests.workbooks import parts as _parts
+from tests.workbooks import soffice as _soffice
+from tests.workbooks import write_parts as _write_parts
 
 MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 RESULT_HEADERS = ["status", "error_code", "error_reason", "orderid", "score", "queried_at"]
-SHEET = "客户 list"
 #: Parts of the fixture the patch must edit; every other part must come back byte for byte.
 EDITED = {
     "xl/worksheets/sheet2.xml",
@@ -55,101 +56,6 @@ SUMMARY = SummarySheet(
 
 
 # --- fixtures ----------------------------------------------------------------------------------
-
-
-def _fixture(path: Path) -> Path:
-    """Two sheets; the enriched one second, with a title row, formats, merges, a blank row,
-    an unlabelled extra column, a formula with a cached value, validation and a comment."""
-    wb = openpyxl.Workbook()
-    notes = wb.active
-    assert notes is not None
-    notes.title = "说明"
-    notes["A1"] = "Read me first"
-    notes["A1"].font = Font(italic=True, color="FF0000")
-    notes.column_dimensions["A"].width = 40
-
-    ws = wb.create_sheet(SHEET)
-    ws["A1"] = "2024年1月客户名单"
-    ws.merge_cells("A1:E1")
-    ws["A1"].font = Font(bold=True, size=14, name="宋体")
-    ws["A1"].fill = PatternFill("solid", fgColor="DDEBF7")
-    ws["A1"].alignment = Alignment(horizontal="center", vertical="center")
-    ws.row_dimensions[1].height = 28
-    thin = Side(style="thin", color="999999")
-    for col, header in enumerate(["姓名", "身份证号", "手机号", "金额", "比例", "编号", "日期"], 1):
-        cell = ws.cell(2, col, header)
-        cell.font = Font(bold=True, color="FFFFFF")
-        cell.fill = PatternFill("solid", fgColor="4472C4")
-        cell.border = Border(bottom=thin, top=thin)
-    rows: list[list[Any]] = [
-        [
-            "张三",
-            "11010119900307803X",
-            "13812345678",
-            1234.56,
-            0.125,
-            42,
-            datetime.date(2024, 1, 2),
-        ],
-        ["李四", "110101199003071234", "13912345678", -5, 1, 7, datetime.date(2023, 12, 31)],
-        ["王五", "11010119900307555X", "13712345678", 0, 0.5, 123456, datetime.date(2024, 2, 29)],
-        [],  # a blank row (row 6): no <row> element at all
-        ["赵六", "110101199003076666", "13612345678", 99.9, 0.001, 1, datetime.date(2020, 5, 6)],
-        ["钱七", "110101199003077777", "13512345678", 10, 0.2, 0, datetime.date(1999, 12, 31)],
-    ]
-    for number, values in enumerate(rows, 3):
-        for col, value in enumerate(values, 1):
-            ws.cell(number, col, value)
-        if values:
-            ws.cell(number, 2).number_format = "@"
-            ws.cell(number, 4).number_format = '"¥"#,##0.00'
-            ws.cell(number, 5).number_format = "0.00%"
-            ws.cell(number, 6).number_format = "000000"
-            ws.cell(number, 7).number_format = "yyyy-mm-dd"
-    ws["A3"].alignment = Alignment(wrap_text=True, indent=1)
-    ws["C4"].font = Font(underline="single", strike=True)
-    ws["H3"] = "VIP, call before 10"  # the unlabelled extra column
-    ws["H4"] = "=D3*2"  # a formula; its cached value is added below
-    ws["H7"] = "notes"
-    ws.column_dimensions["A"].width = 12
-    ws.column_dimensions["B"].width = 22
-    ws.column_dimensions["D"].width = 14.5
-    ws.freeze_panes = "B3"
-    validation = DataValidation(type="whole", operator="between", formula1="0", formula2="999999")
-    validation.add("F3:F8")
-    ws.add_data_validation(validation)
-    choice = DataValidation(type="list", formula1='"北京,上海"', allow_blank=True)
-    choice.add("C3:C8")
-    ws.add_data_validation(choice)
-    red = PatternFill("solid", fgColor="FFC7CE")
-    ws.conditional_formatting.add("D3:D8", CellIsRule(operator="lessThan", formula=["0"], fill=red))
-    ws["A2"].comment = Comment("who to call", "ops")
-    wb.save(path)
-    _set_cached_value(path, "xl/worksheets/sheet2.xml", "D3*2", "2469.12")
-    return path
-
-
-def _set_cached_value(path: Path, part: str, formula: str, value: str) -> None:
-    """Give a formula cell the cached value Excel would have saved (openpyxl writes none)."""
-    parts = _parts(path)
-    xml = parts[part].decode()
-    new, count = re.subn(
-        rf"(<f>{re.escape(formula)}</f>)<v\s*/>", rf"\g<1><v>{value}</v>", xml, count=1
-    )
-    assert count == 1
-    parts[part] = new.encode()
-    _write_parts(path, parts)
-
-
-def _parts(path: Path) -> dict[str, bytes]:
-    with zipfile.ZipFile(path) as zf:
-        return {name: zf.read(name) for name in zf.namelist()}
-
-
-def _write_parts(path: Path, parts: Mapping[str, bytes]) -> None:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in parts.items():
-            zf.writestr(name, data)
 
 
 def _results(rows: Iterable[int]) -> list[tuple[int, list[Cell]]]:
@@ -187,12 +93,6 @@ def _patch(src: Path, dst: Path, results: Iterable[tuple[int, Sequence[Cell]]], 
     return dst
 
 
-def _load(path: Path, **kw: Any) -> openpyxl.Workbook:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # any openpyxl warning fails the test
-        return openpyxl.load_workbook(path, **kw)
-
-
 # --- the round trip ----------------------------------------------------------------------------
 
 
@@ -210,36 +110,11 @@ def test_original_area_is_unchanged_cell_by_cell_and_style_by_style(
 ) -> None:
     src, out = round_trip
     before, after = _load(src)[SHEET], _load(out)[SHEET]
-    assert (before.max_row, before.max_column) == (8, 8)
-    for row in range(1, before.max_row + 1):
-        for col in range(1, before.max_column + 1):
-            a, b = before.cell(row, col), after.cell(row, col)
-            where = a.coordinate
-            assert (a.value, a.data_type) == (b.value, b.data_type), where
-            assert a.number_format == b.number_format, where
-            for style in ("font", "fill", "border", "alignment", "protection"):
-                # copy(): openpyxl's style proxies compare equal to a style, not to a proxy
-                assert copy(getattr(a, style)) == copy(getattr(b, style)), (where, style)
-            assert (a.comment and a.comment.text) == (b.comment and b.comment.text), where
-    assert set(map(str, before.merged_cells.ranges)) == set(map(str, after.merged_cells.ranges))
-    assert before.freeze_panes == after.freeze_panes == "B3"
-    for letter in "ABCDEFGH":
-        assert before.column_dimensions[letter].width == after.column_dimensions[letter].width
-    assert after.row_dimensions[1].height == 28
-
-    def validations(ws: Any) -> list[tuple[str, ...]]:
-        return sorted(
-            (str(v.sqref), v.type, v.formula1, v.formula2)
-            for v in ws.data_validations.dataValidation
-        )
-
-    def formats(ws: Any) -> list[tuple[str, ...]]:
-        return sorted(
-            (str(cf.sqref), *(str(r.formula) for r in cf.rules)) for cf in ws.conditional_formatting
-        )
-
-    assert validations(before) == validations(after) and len(validations(after)) == 2
-    assert formats(before) == formats(after) and len(formats(after)) == 1
+    assert (before.max_row, before.max_column) == FIXTURE_AREA
+    assert area_differences(before, after, *FIXTURE_AREA) == []
+    assert before.freeze_panes == "B3" and after.row_dimensions[1].height == 28
+    assert len(after.data_validations.dataValidation) == 2
+    assert len(after.conditional_formatting) == 1
 
 
 def test_formula_keeps_its_cached_value(round_trip: tuple[Path, Path]) -> None:
@@ -347,25 +222,6 @@ def test_a_libreoffice_saved_workbook_round_trips(tmp_path: Path) -> None:
     _assert_columns_do_not_overlap(_parts(out)["xl/worksheets/sheet2.xml"])
     assert after["I3"].value == "ok" and after.column_dimensions["A"].width == pytest.approx(
         before.column_dimensions["A"].width
-    )
-
-
-def _soffice(convert_to: str, src: Path, outdir: Path) -> None:
-    profile = outdir.parent / "lo-profile"
-    subprocess.run(
-        [
-            "soffice",
-            f"-env:UserInstallation=file://{profile}",
-            "--headless",
-            "--convert-to",
-            convert_to,
-            "--outdir",
-            str(outdir),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=90,
     )
 
 
@@ -622,7 +478,8 @@ def test_typed_values(tmp_path: Path) -> None:
     values: list[Cell] = [
         True,
         2.5,
-        10**15,
+        10**15 + 1,
+        6222021234567890000,  # 15 significant digits: what a double from a spreadsheet shows
         float("inf"),
         datetime.datetime(2024, 1, 2, 3, 4, 5),
         datetime.date(2024, 1, 2),
@@ -634,7 +491,8 @@ def test_typed_values(tmp_path: Path) -> None:
     assert got == [
         True,
         2.5,
-        "1000000000000000",
+        "1000000000000001",
+        6222021234567890000,
         "inf",
         datetime.datetime(2024, 1, 2, 3, 4, 5),
         datetime.datetime(2024, 1, 2),
@@ -832,14 +690,26 @@ def test_rows_must_come_in_order(tmp_path: Path) -> None:
 def test_bad_inputs_are_input_errors_naming_the_file(tmp_path: Path) -> None:
     not_zip = tmp_path / "plain.xlsx"
     not_zip.write_text("name\n张三\n", encoding="utf-8")
+
+    def check(path: Path, sheet: str = SHEET, first_col: int = 9) -> None:
+        check_workbook(
+            path,
+            sheet=sheet,
+            header_row=2,
+            first_col=first_col,
+            headers=RESULT_HEADERS,
+            spool_dir=tmp_path,
+        )
+
     with pytest.raises(InputError, match=r"plain\.xlsx"):
-        check_workbook(not_zip, "Sheet1")
+        check(not_zip, "Sheet1")
     with pytest.raises(InputError, match=r"plain\.xlsx"):
         _patch(not_zip, tmp_path / "out.xlsx", [])
     src = _fixture(tmp_path / "in.xlsx")
     with pytest.raises(InputError, match="no sheet named 'Nope'"):
-        check_workbook(src, "Nope")
-    check_workbook(src, SHEET)
+        check(src, "Nope")
+    check(src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xlsx", "out.xlsx", "plain.xlsx"]
     utf16 = _package(tmp_path / "u16.xlsx", "x")
     parts = _parts(utf16)
     parts["xl/worksheets/sheet1.xml"] = (
@@ -856,6 +726,32 @@ def test_bad_inputs_are_input_errors_naming_the_file(tmp_path: Path) -> None:
             headers=["s"],
             results=[],
         )
+    with pytest.raises(InputError, match=r"cannot add results to u16\.xlsx: .*UTF-16"):
+        check(utf16, "Data", first_col=2)
+
+
+def test_the_check_reads_every_part_the_patch_reads(tmp_path: Path) -> None:
+    # Parts calamine never opens (app.xml, [Content_Types].xml) made the write pass fail after
+    # the calls were paid for, some with a raw BadZipFile or zlib error.
+    src = _fixture(tmp_path / "in.xlsx")
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as package:
+        info = package.getinfo("docProps/app.xml")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0x55
+    damaged = tmp_path / "damaged.xlsx"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"to damaged\.xlsx: the workbook is corrupt"):
+        check_workbook(
+            damaged,
+            sheet=SHEET,
+            header_row=2,
+            first_col=9,
+            headers=RESULT_HEADERS,
+            spool_dir=tmp_path,
+        )
+    with pytest.raises(InputError, match=r"damaged\.xlsx"):  # and the patch itself says so
+        _patch(damaged, tmp_path / "out.xlsx", _results([3]))
 
 
 def test_a_result_block_past_the_last_column_is_refused(tmp_path: Path) -> None:
