@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -117,6 +118,10 @@ class FrameSource:
     def damage_reason(self, number: int, row: Sequence[Cell]) -> str | None:
         """Frames hold values, not bytes: nothing is ever undecodable."""
         return None
+
+    def head(self, count: int) -> list[list[Cell]]:
+        """The first `count` rows, as `rows()` gives them."""
+        return list(itertools.islice(self.rows(), count))
 
     def rows(self) -> Iterator[list[Cell]]:
         """Every row as a list of cells (column by column `tolist()`: Python scalars).
