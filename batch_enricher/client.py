@@ -32,6 +32,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from batch_enricher import __version__
 from batch_enricher.codes import Kind, kind_of, reason_of
+from batch_enricher.config import DEFAULT_ENDPOINT
 from batch_enricher.errors import (
     AccountError,
     ApiError,
@@ -45,10 +46,10 @@ from batch_enricher.guards import LostReplyBreaker, NotSent, RunControl
 from batch_enricher.models import Answer, Person, Status
 from batch_enricher.pacer import Pacer
 from batch_enricher.privacy import mask_idcard, mask_mobile
+from batch_enricher.retry import RetryPolicy
 
 log = logging.getLogger("batch_enricher.client")
 
-DEFAULT_ENDPOINT: Final = "https://apis.juhe.cn/financeInfo/query"
 USER_AGENT: Final = f"batch-enricher/{__version__} (+aiohttp/{aiohttp.__version__})"
 
 # HTTP statuses worth a retry; any other non-200 is a reply we cannot use, also retried as
@@ -65,8 +66,6 @@ _MAY_BE_BILLED: Final = ": the request was sent, it may have been billed"
 BREAKER_MIN: Final = 8
 #: ... or after this many times the most requests seen in flight at once, if that is more.
 BREAKER_WAVES: Final = 2
-#: A possibly billed attempt is retried after this many first backoffs (`RetryPolicy.initial`).
-UNCERTAIN_PAUSE_FACTOR: Final = 10
 
 
 @dataclass
@@ -229,33 +228,6 @@ class JuheClient:
         return decode_reply(body)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a transient failure is retried.
-
-    `max_retries` bounds every person's retries. Of those, at most `uncertain_retries` may
-    follow an attempt whose reply was lost after sending: each such retry may pay a second
-    time, so a person costs at most `uncertain_retries + 1` possibly billed attempts.
-    """
-
-    max_retries: int = 6
-    initial: float = 0.5  # first backoff, seconds; doubles each time, with as much jitter
-    maximum: float = 30.0
-    uncertain_retries: int = 1
-
-    @property
-    def uncertain_pause(self) -> float:
-        """The least pause before retrying a possibly billed attempt (5 s by default).
-
-        A reply lost after sending mostly means the server is slow or struggling (or the path
-        to it is): an immediate retry would likely be lost too, and paid for again. Ten first
-        backoffs is the pause the ordinary backoff reaches by its fifth retry; enough for a
-        queue on the server to drain, short enough not to hold a person up. Never longer than
-        `maximum`.
-        """
-        return min(self.maximum, UNCERTAIN_PAUSE_FACTOR * self.initial)
-
-
 class _Tries:
     """One person's failed attempts so far: all of them, and those whose reply was lost."""
 
@@ -377,8 +349,15 @@ class Caller:
         # Budget before the pacer: a call that waited for budget after taking its slot would go
         # out whenever a reply freed the budget, on top of fresh slots, and break --qps.
         await self._control.reserve()
+        pacer = self._pacer
+        sent_at = 0.0
+
+        async def take_slot() -> None:
+            nonlocal sent_at
+            sent_at = await pacer.acquire()
+
         try:
-            await self._control.paced(self._pacer.acquire)
+            await self._control.paced(take_slot)
         except BaseException:
             self._control.settle(billed=False)
             raise
@@ -393,10 +372,11 @@ class Caller:
         except BaseException as exc:
             self._control.settle(billed=False, possibly=isinstance(exc, UncertainReplyError))
             if isinstance(exc, ApiError):
-                self._on_error(exc)
+                self._on_error(exc, sent_at)
             raise
         finally:
             self._sending -= 1
+        pacer.accepted(sent_at)
         billed = answer.status is Status.OK
         self._control.settle(billed=billed)
         self.stats.codes[answer.error_code] += 1
@@ -406,9 +386,12 @@ class Caller:
         self._control.quota_ok()
         return answer
 
-    def _on_error(self, exc: ApiError) -> None:
+    def _on_error(self, exc: ApiError, sent_at: float) -> None:
         if exc.error_code is not None:
             self.stats.codes[exc.error_code] += 1
+            if not isinstance(exc, RateLimitedError):
+                # The server replied, and not "too fast": its limit let this one through.
+                self._pacer.accepted(sent_at)
         if isinstance(exc, UncertainReplyError):
             self.stats.possibly_billed += 1
             if self._breaker.lost():
@@ -416,7 +399,7 @@ class Caller:
         elif not isinstance(exc, ConnectFailedError):
             self._breaker.replied()  # the server answered, if only with an error
         if isinstance(exc, RateLimitedError):
-            self._pacer.slow_down()
+            self._pacer.slow_down(sent_at)
         elif isinstance(exc, QuotaExceededError):
             self._control.quota_hit()
         elif isinstance(exc, AccountError):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from batch_enricher.autorate import AutoRate
 from batch_enricher.client import USER_AGENT, Caller, CallStats, JuheClient, send_tracing
 from batch_enricher.codes import reason_of
 from batch_enricher.errors import AccountError, ConfigError, JournalError, TransientApiError
@@ -61,7 +62,7 @@ async def dispatch(
     if options.insecure:
         ssl_context = False
     connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=ssl_context)
-    pacer = Pacer(options.qps)
+    pacer, controller = _pacer(options)
     started = time.monotonic()
     try:
         async with aiohttp.ClientSession(
@@ -120,7 +121,17 @@ async def dispatch(
         summary.retries += stats.retries
         summary.possibly_billed += stats.possibly_billed
         summary.rate_limited += stats.codes[10011]
+        if controller is not None:
+            summary.rate_found = controller.found()
         log.debug("dispatch took %.1f s", time.monotonic() - started)
+
+
+def _pacer(options: EnrichOptions) -> tuple[Pacer, AutoRate | None]:
+    """The run's pacer: at the fixed `--qps`, or following a controller (`--qps auto`)."""
+    if isinstance(options.qps, str):
+        controller = AutoRate(options.max_qps)
+        return Pacer.following(controller), controller
+    return Pacer(options.qps), None
 
 
 def _journal_failed(exc: JournalError, unkept: list[Answer], abandoned: int) -> JournalError:
