@@ -1,8 +1,9 @@
 """Dispatch: call the API once for every person the plan left to call.
 
 `concurrency` workers take people from the spill (read in chunks, in order of first appearance),
-pace and guard each request, and commit each final answer to the journal the moment it arrives.
-Whom this run answered, and who failed, goes back to the spill for the write pass.
+pace and guard each request, and commit each final answer to the journal before going on (answers
+arriving close together share one commit: groupcommit.py). Whom this run answered, and who
+failed, goes back to the spill for the write pass.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from batch_enricher.autorate import AutoRate
 from batch_enricher.client import USER_AGENT, Caller, CallStats, JuheClient, send_tracing
 from batch_enricher.codes import reason_of
 from batch_enricher.errors import AccountError, ConfigError, JournalError, TransientApiError
+from batch_enricher.groupcommit import GroupCommit
 from batch_enricher.guards import NotSent, RunControl
 from batch_enricher.journal import Journal
 from batch_enricher.models import Answer, Outcome, Status
@@ -63,7 +65,8 @@ async def dispatch(
         ssl_context = False
     connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=ssl_context)
     pacer, controller = _pacer(options)
-    started = time.monotonic()
+    committer = GroupCommit(journal.put_many, pacer.backlog)
+    started, cpu = time.monotonic(), time.process_time()
     try:
         async with aiohttp.ClientSession(
             connector=connector, headers={"User-Agent": USER_AGENT}, trace_configs=[send_tracing()]
@@ -72,7 +75,6 @@ async def dispatch(
             caller = Caller(client, pacer, control, options.retry, stats)
             todo = spill.to_call()  # one iterator shared by the workers
             in_flight = 0
-            unkept: list[Answer] = []  # answers received that the journal could not store
 
             async def worker() -> None:
                 nonlocal in_flight
@@ -90,11 +92,7 @@ async def dispatch(
                         continue
                     finally:
                         in_flight -= 1
-                    try:
-                        journal.put(key_, answer)
-                    except JournalError:
-                        unkept.append(answer)
-                        raise
+                    await committer.put(key_, answer)  # durable before anything else
                     spill.answered(key_)
                     progress.advance(rows, answer.status, billed=answer.status is Status.OK)
 
@@ -110,8 +108,9 @@ async def dispatch(
                 for task in workers:
                     task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
-                if isinstance(exc, JournalError) and unkept:
-                    raise _journal_failed(exc, unkept, abandoned) from exc
+                committer.flush()  # what cancelled workers left, if anything
+                if isinstance(exc, JournalError) and committer.failed:
+                    raise _journal_failed(exc, committer.failed, abandoned) from exc
                 raise
     finally:
         if sandbox is not None:
@@ -123,7 +122,14 @@ async def dispatch(
         summary.rate_limited += stats.codes[10011]
         if controller is not None:
             summary.rate_found = controller.found()
-        log.debug("dispatch took %.1f s", time.monotonic() - started)
+        # The benchmark reads the CPU figure: the call phase's cost, start-up excluded.
+        log.debug(
+            "dispatch took %.1f s, %.3f s CPU, %d API calls, %d journal commits",
+            time.monotonic() - started,
+            time.process_time() - cpu,
+            stats.api_calls,
+            committer.commits,
+        )
 
 
 def _pacer(options: EnrichOptions) -> tuple[Pacer, AutoRate | None]:

@@ -112,6 +112,7 @@ class Pacer:
         self._max_rate = 0.0
         self._rate = 0.0
         self._allowed = 1  # the guard's allowance per window, under a controller
+        self._waiting = 0  # callers inside acquire()
         self.set_max_rate(rate)
 
     @classmethod
@@ -155,8 +156,19 @@ class Pacer:
         self._grants = deque(self._grants, maxlen=_per_window(rate))
         self._follow()
 
+    def backlog(self) -> float:
+        """Seconds of slots that the callers already waiting in `acquire` will fill."""
+        return self._waiting * SPACING_MARGIN / self._rate
+
     async def acquire(self) -> float:
         """Wait for the next send slot and return its time; first come, first served."""
+        self._waiting += 1
+        try:
+            return await self._acquire()
+        finally:
+            self._waiting -= 1
+
+    async def _acquire(self) -> float:
         async with self._lock:
             while True:
                 now = self._clock()

@@ -322,3 +322,17 @@ async def test_acquire_returns_the_grant_time() -> None:
     clock = FakeClock()
     pacer = _pacer(10, clock)
     assert [await pacer.acquire() for _ in range(3)] == pytest.approx([0.0, 0.101, 0.202])
+
+
+async def test_backlog_is_the_slots_the_waiting_callers_will_fill() -> None:
+    clock = ManualClock()
+    pacer = _pacer(10, clock)
+    assert pacer.backlog() == 0
+    await pacer.acquire()
+    waiters = [asyncio.create_task(pacer.acquire()) for _ in range(3)]
+    await _settle()
+    assert pacer.backlog() == pytest.approx(3 * 0.1 * SPACING_MARGIN)
+    for _ in range(3):
+        await clock.advance(0.1 * SPACING_MARGIN)
+    await asyncio.gather(*waiters)
+    assert pacer.backlog() == 0
