@@ -11,9 +11,10 @@ the rate is a cliff, not a slope: at an even rate just under L nothing is refuse
 almost everything is. Three consequences shape the design:
 
 - **Count, don't guess.** The sender knows exactly how many requests it sent in the second
-  before each one. The first request refused at a new rate was sent with L+1 in its window (our
-  count; the server's differs only by arrival jitter), so the limit is found in one overshoot,
-  not by bisection: `ceiling = count - 1`. An accepted request's count is likewise a floor.
+  before each one. The first request refused at a new rate was sent with L+1 in its window (the
+  server's count; ours differs only by arrival jitter at the window's edge, a request at most),
+  so the limit is found in one overshoot, not by bisection: `ceiling = count - 1`. An accepted
+  request's count is likewise a floor.
 - **Settle just under.** "Just under" a trailing-window limit means a rate whose every one-second
   window holds at most L arrivals with room for jitter. The pacer spaces slots 1.01/rate apart,
   so at `SETTLE * ceiling` (97 %) the (L+1)-th request arrives 1.04 s after the first: ~40 ms of
@@ -28,10 +29,11 @@ Around that, a small state machine:
 1. Slow start: from `START_RATE`, double after every full window the server accepted (and the
    run actually used: a rate that workers cannot fill proves nothing).
 2. The first 10011 of a moment sets the ceiling and settles the rate just under it.
-3. A 10011 at a count the server accepted since the last cut, or a second refused moment with
-   nothing accepted in between, means the limit fell (another system started using the key):
-   halve, then, after one accepted window, go straight back to just under the ceiling; the count
-   at the next refusal is the new limit.
+3. A third refused moment with nothing accepted in between (the second may be a ceiling that
+   jitter made one too high), or a 10011 at a count well below one the server accepted since
+   the last cut, means the limit fell (another system started using the key): halve, then,
+   after one accepted window, go straight back to just under the ceiling; the count at the
+   next refusal is the new limit.
 4. Settled, it probes above the ceiling now and then (`PROBE_FIRST`, doubling after each probe
    that finds nothing, up to `PROBE_LONGEST`): each failed probe costs about one round trip of
    10011s. An accepted window above the ceiling means the limit rose: slow start again.
@@ -61,7 +63,7 @@ GROWTH: Final = 2.0
 SETTLE: Final = 0.97
 #: The limit fell by an unknown amount: multiply the rate by this.
 FALL: Final = 0.5
-#: A probe sends at this multiple of one more than the ceiling.
+#: A probe sends at this multiple of the least count that would show a rise.
 PROBE: Final = 1.1
 #: Seconds settled before the first probe; doubled after each probe that finds nothing new.
 PROBE_FIRST: Final = 10.0
@@ -116,6 +118,8 @@ class AutoRate:
         self._cut_at = -math.inf  # when it was last cut: older sends' 10011s are old news
         self._ceiling: int | None = None  # the most our window may hold: refused at one more
         self._floor = 0  # the most our window held at a send accepted since the last cut
+        self._again = 0  # refused moments in a row with nothing accepted in between
+        self._draining = False  # within a window of a cut
         self._probing = False
         self._probe_every = PROBE_FIRST
         self._probe_at = math.inf
@@ -136,6 +140,9 @@ class AutoRate:
         settled), never more than `max_rate` allows.
         """
         spaced = math.floor(self._rate * self._window / SETTLE + 1e-9)
+        # Right after a cut the window still holds requests sent faster than the new rate: the
+        # drain keeps one more out, or only the pacer's 10 ms would be left for jitter there.
+        spaced -= self._draining
         return max(1, min(math.floor(self.max_rate * self._window), spaced))
 
     @property
@@ -166,14 +173,18 @@ class AutoRate:
 
     def on_accepted(self, sent_at: float, now: float) -> None:
         """The request sent at `sent_at` got a reply other than 10011 at `now`."""
+        if sent_at < self._cut_at:
+            return  # sent before the last cut: it describes the moment the cut answered
         count = self._count(sent_at)
         if count is None:
             return
-        if sent_at >= self._cut_at:
-            self._floor = max(self._floor, count)
-        if self._ceiling is not None and count > self._ceiling:
-            # The server took more than it refused before: the limit rose (another user of
-            # the key stopped, or a probe found room). Find it again from here.
+        self._floor = max(self._floor, count)
+        if sent_at >= self._cut_at + self._window:
+            self._draining = False  # the window no longer holds anything sent before the cut
+        if self._ceiling is not None and count > self._ceiling + _slack(self._ceiling):
+            # The server took clearly more than it refused before (not just jitter at the
+            # window's edge): the limit rose (another user of the key stopped, or a probe found
+            # room). Find it again from here.
             self._ceiling = None
             self._probing = False
             self._probe_every = PROBE_FIRST
@@ -188,7 +199,8 @@ class AutoRate:
             self._change(self._settled(self._ceiling), now)  # back up after a fall
         elif now >= self._probe_at and not self._probing:
             self._probing = True
-            self._change(PROBE * (self._ceiling + 1) / self._window, now)
+            probe = self._ceiling + _slack(self._ceiling) + 1  # a count that would show a rise
+            self._change(PROBE * probe / self._window, now)
 
     def on_rate_limited(self, sent_at: float, now: float) -> None:
         """The request sent at `sent_at` was answered 10011 at `now`."""
@@ -197,16 +209,21 @@ class AutoRate:
         count = self._count(sent_at)
         if count is None:
             return
-        ceiling = count - 1
-        again = self._floor == 0 and self._cut_at > -math.inf  # nothing accepted since the cut
-        taken = ceiling < self._floor  # refused at a count the server took since the cut
-        # Either way the limit fell (another system started using the key), by how much nobody
-        # knows: halve. Otherwise this is the first refusal at a new height: settle under it.
-        target = self._rate * FALL if again or taken else self._settled(ceiling)
+        if self._floor == 0 and self._cut_at > -math.inf:
+            self._again += 1  # refused again, nothing accepted since the last cut
+        else:
+            self._again = 0
+        below = count < SETTLE * self._floor  # well below a count the server took since the cut
+        fell = below or self._again > 1
+        # If it fell (another system started using the key), by how much nobody knows: halve.
+        # Otherwise this is the first refusal at a new height, or at the one just settled under
+        # (our count and the server's differ by arrival jitter at the window's edge, so a
+        # ceiling one too high shows up as a refusal right after settling): settle under it.
+        target = self._rate * FALL if fell else self._settled(count - 1)
+        self._ceiling = count - 1
         if self._probing:
             # The probe found the ceiling where it was: look again later, and less often.
             self._probe_every = min(PROBE_LONGEST, 2 * self._probe_every)
-        self._ceiling = ceiling
         self._cut(min(target, self._rate), now)
 
     # -- internals -----------------------------------------------------------------------------
@@ -229,9 +246,16 @@ class AutoRate:
     def _cut(self, rate: float, now: float) -> None:
         self._change(rate, now)
         self._cut_at = now
+        self._draining = True
         self._floor = 0
         self._probing = False
         self._probe_at = now + self._probe_every
+
+
+def _slack(ceiling: int) -> int:
+    """How far an accepted count may pass the ceiling by arrival jitter alone: the settling
+    margin's worth, and at least one request."""
+    return max(1, math.ceil((1 - SETTLE) * ceiling))
 
 
 def _round_down(rate: float) -> float:
