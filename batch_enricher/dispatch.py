@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from batch_enricher.autorate import AutoRate
-from batch_enricher.client import USER_AGENT, Caller, CallStats, JuheClient, send_tracing
+from batch_enricher.client import USER_AGENT, Caller, CallStats, JuheClient, open_session
 from batch_enricher.codes import reason_of
 from batch_enricher.errors import AccountError, ConfigError, JournalError, TransientApiError
 from batch_enricher.groupcommit import GroupCommit
@@ -68,9 +68,7 @@ async def dispatch(
     committer = GroupCommit(journal.put_many, pacer.backlog)
     started, cpu = time.monotonic(), time.process_time()
     try:
-        async with aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": USER_AGENT}, trace_configs=[send_tracing()]
-        ) as session:
+        async with open_session(connector=connector, headers={"User-Agent": USER_AGENT}) as session:
             client = JuheClient(session, endpoint, key, timeout=options.timeout)
             caller = Caller(client, pacer, control, options.retry, stats)
             todo = spill.to_call()  # one iterator shared by the workers

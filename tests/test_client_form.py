@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import aiohttp
-
-from batch_enricher.client import JuheClient, send_tracing
+from batch_enricher.client import JuheClient, open_session
 from batch_enricher.models import Person
 from tests.conftest import Served, person
 
@@ -20,7 +18,7 @@ async def test_the_server_reads_back_exactly_what_was_sent(
     key = "k&ey=1+2 3%"
     server = sandbox(key=key)  # a key read back wrong is refused (10001): request() raises
     people = [Person(*AWKWARD), Person(*person(1))]
-    async with aiohttp.ClientSession(trace_configs=[send_tracing()]) as session:
+    async with open_session() as session:
         client = JuheClient(session, server.url, key, timeout=10)
         for one in people:
             await client.request(one)
