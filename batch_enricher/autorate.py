@@ -36,7 +36,8 @@ Around that, a small state machine:
    next refusal is the new limit.
 4. Settled, it probes above the ceiling now and then (`PROBE_FIRST`, doubling after each probe
    that finds nothing, up to `PROBE_LONGEST`): each failed probe costs about one round trip of
-   10011s. An accepted window above the ceiling means the limit rose: slow start again.
+   10011s. A count accepted clearly above the ceiling (by more than `_slack`, the jitter at a
+   window's edge) means the limit rose: slow start again.
 
 Never above `max_rate` (`--max-qps`) nor below `MIN_RATE`.
 """
@@ -44,11 +45,14 @@ Never above `max_rate` (`--max-qps`) nor below `MIN_RATE`.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from dataclasses import dataclass
 from typing import Final
 
 __all__ = ["AUTO", "DEFAULT_MAX_QPS", "AutoRate", "RateFound"]
+
+log = logging.getLogger("batch_enricher.autorate")
 
 #: The `--qps` value that asks for this controller.
 AUTO: Final = "auto"
@@ -194,13 +198,13 @@ class AutoRate:
             return  # the run did not use the rate: no evidence it would be accepted
         self._held = max(self._held, self._rate)
         if self._ceiling is None:
-            self._change(self._rate * GROWTH, now)
+            self._change(self._rate * GROWTH, now, "accepted in full: faster")
         elif self._rate < self._settled(self._ceiling):
-            self._change(self._settled(self._ceiling), now)  # back up after a fall
+            self._change(self._settled(self._ceiling), now, "back to just under the ceiling")
         elif now >= self._probe_at and not self._probing:
             self._probing = True
             probe = self._ceiling + _slack(self._ceiling) + 1  # a count that would show a rise
-            self._change(PROBE * probe / self._window, now)
+            self._change(PROBE * probe / self._window, now, "probing above the ceiling")
 
     def on_rate_limited(self, sent_at: float, now: float) -> None:
         """The request sent at `sent_at` was answered 10011 at `now`."""
@@ -224,7 +228,8 @@ class AutoRate:
         if self._probing:
             # The probe found the ceiling where it was: look again later, and less often.
             self._probe_every = min(PROBE_LONGEST, 2 * self._probe_every)
-        self._cut(min(target, self._rate), now)
+        why = "the limit fell" if fell else "settling under it"
+        self._cut(min(target, self._rate), now, f"10011 at {count} in a second, {why}")
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -239,12 +244,13 @@ class AutoRate:
     def _settled(self, ceiling: int) -> float:
         return SETTLE * ceiling / self._window
 
-    def _change(self, rate: float, now: float) -> None:
+    def _change(self, rate: float, now: float, why: str) -> None:
         self._rate = min(self.max_rate, max(MIN_RATE, rate))
         self._changed_at = now
+        log.debug("--qps auto: %s: %.1f requests/s", why, self._rate)
 
-    def _cut(self, rate: float, now: float) -> None:
-        self._change(rate, now)
+    def _cut(self, rate: float, now: float, why: str) -> None:
+        self._change(rate, now, why)
         self._cut_at = now
         self._draining = True
         self._floor = 0

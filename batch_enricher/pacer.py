@@ -134,6 +134,11 @@ class Pacer:
         return self._rate
 
     @property
+    def controlled(self) -> bool:
+        """Whether a controller sets the rate (`--qps auto`)."""
+        return self._controller is not None
+
+    @property
     def max_rate(self) -> float:
         """The ceiling: `--qps`, or `--max-qps` under `--qps auto`."""
         return self._max_rate
