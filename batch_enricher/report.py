@@ -184,8 +184,8 @@ def _rate_found(found: RateFound, rate_limited: int) -> str:
             " a 10011: the account allows at least that"
         )
     return (
-        f"  --qps auto: the server took {found.rate:g} requests/s without a 10011; this run never"
-        " sent faster (more --concurrency would), so the account's limit is at least that"
+        f"  --qps auto: the server took {found.rate:g} requests/s without a 10011, the most this"
+        " run sent for a whole second: the account's limit is at least that"
     )
 
 
