@@ -1,6 +1,8 @@
 """The command line: parse options, call one library function, turn its exceptions into exit codes.
 
-No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal*.py and sandbox.py.
+No pandas, aiohttp or SQL here: see runner.py, checkfile.py, journal*.py and sandbox.py. Nor
+is any of them imported before a command needs it: `--help`, `validate` and `codes` never load
+aiohttp (most of a start-up's time), and tests/test_imports.py keeps it so.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeVar
 
 import click
 from click.core import ParameterSource
 
 from batch_enricher import __version__, bands
-from batch_enricher.client import DEFAULT_ENDPOINT, RetryPolicy
-from batch_enricher.config import ENV, load_config, parse_duration
+from batch_enricher.autorate import AUTO, DEFAULT_MAX_QPS
+from batch_enricher.config import DEFAULT_ENDPOINT, ENV, load_config, parse_duration
 from batch_enricher.errors import EnricherError, OutputError
 from batch_enricher.privacy import PiiFilter, scrub
+from batch_enricher.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from batch_enricher.runner import EnrichOptions
@@ -108,6 +111,26 @@ class _Number(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+class _Qps(click.ParamType[float | str, Any]):
+    """`--qps`: a rate (requests per second, at least 0.01) or `auto`."""
+
+    name = "qps"
+    _rate = _Number(min=0.01)
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return float(self._rate.convert(value, param, ctx))
+        except click.BadParameter:
+            self.fail(f"{value!r} is neither a number of at least 0.01 nor 'auto'.", param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "N|auto"
 
 
 _HTTP_SCHEMES: Final = ("http", "https")
@@ -293,10 +316,20 @@ def cli() -> None:
 @click.option(
     "--qps",
     envvar=ENV["qps"],
-    type=_Number(min=0.01),
+    type=_Qps(),
     default=10.0,
     show_default=True,
-    help="Requests per second, never exceeded in any one-second window.",
+    help="Requests per second, never exceeded in any one-second window. 'auto' finds the "
+    "account's limit (from 10011 replies) and settles just under it; the summary says what "
+    "it found.",
+)
+@click.option(
+    "--max-qps",
+    envvar=ENV["max_qps"],
+    type=_Number(min=0.01),
+    default=DEFAULT_MAX_QPS,
+    show_default=True,
+    help="The most requests per second --qps auto ever tries.",
 )
 @click.option(
     "--concurrency",
@@ -434,7 +467,8 @@ def enrich(
     output_dir: Path | None,
     key: str | None,
     endpoint: str,
-    qps: float,
+    qps: float | Literal["auto"],
+    max_qps: float,
     concurrency: int,
     timeout: float,
     max_retries: int,
@@ -498,6 +532,7 @@ def enrich(
             key=key,
             endpoint=endpoint,
             qps=qps,
+            max_qps=max_qps,
             concurrency=concurrency,
             timeout=timeout,
             retry=RetryPolicy(

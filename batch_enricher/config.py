@@ -16,11 +16,15 @@ from typing import Any, Final
 from batch_enricher import bands
 from batch_enricher.errors import ConfigError
 
+#: The API endpoint (`--endpoint`).
+DEFAULT_ENDPOINT: Final = "https://apis.juhe.cn/financeInfo/query"
+
 #: Environment variables read for each setting (flag > env > config > default).
 ENV: Final[dict[str, str]] = {
     "key": "JUHE_API_KEY",
     "endpoint": "JUHE_ENDPOINT",
     "qps": "BATCH_ENRICHER_QPS",
+    "max_qps": "BATCH_ENRICHER_MAX_QPS",
     "concurrency": "BATCH_ENRICHER_CONCURRENCY",
     "timeout": "BATCH_ENRICHER_TIMEOUT",
     "max_retries": "BATCH_ENRICHER_MAX_RETRIES",
@@ -38,6 +42,7 @@ SETTINGS: Final = frozenset(
         "key",
         "endpoint",
         "qps",
+        "max_qps",
         "concurrency",
         "timeout",
         "max_retries",

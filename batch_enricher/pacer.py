@@ -30,6 +30,15 @@ server). Slots are spaced `SPACING_MARGIN / rate` apart and the guard allows R g
 jitter per second, and the run can still sustain 99% of the rate (issue 7 asks for ≥ 97%).
 Relying on the adaptive slow-down instead would pay for each bunch with a 10011, a retry
 and a halved rate.
+
+The guard applies at the *current* rate, not the ceiling: after a cut, nothing is granted until
+the last second holds fewer grants than the new rate allows. A server that counts arrivals in a
+trailing second goes on refusing until its window has drained below its limit, so sending on
+at the lower rate straight away would only buy more 10011s.
+
+`--qps auto` (`Pacer.following(controller)`): an `autorate.AutoRate` sets the rate instead of
+the AIMD above, under its `max_rate`; the pacer tells it every grant and every verdict. Spacing
+and guard work as at any fixed rate, so no window ever holds more than the rate in force.
 """
 
 from __future__ import annotations
@@ -39,7 +48,10 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from batch_enricher.autorate import AutoRate
 
 __all__ = ["Pacer"]
 
@@ -82,7 +94,9 @@ class Pacer:
         window: float = 1.0,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        controller: AutoRate | None = None,
     ) -> None:
+        self._controller = controller
         self._window = _positive("window", window)
         self._min_rate_given = None if min_rate is None else _positive("min_rate", min_rate)
         self._recovery_given = None if recovery is None else _positive("recovery", recovery)
@@ -97,7 +111,20 @@ class Pacer:
         self._grants: deque[float] = deque()
         self._max_rate = 0.0
         self._rate = 0.0
+        self._allowed = 1  # the guard's allowance per window, under a controller
+        self._waiting = 0  # callers inside acquire()
         self.set_max_rate(rate)
+
+    @classmethod
+    def following(
+        cls,
+        controller: AutoRate,
+        *,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> Pacer:
+        """A pacer whose rate `controller` sets (`--qps auto`), never above its `max_rate`."""
+        return cls(controller.max_rate, clock=clock, sleep=sleep, controller=controller)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -107,8 +134,13 @@ class Pacer:
         return self._rate
 
     @property
+    def controlled(self) -> bool:
+        """Whether a controller sets the rate (`--qps auto`)."""
+        return self._controller is not None
+
+    @property
     def max_rate(self) -> float:
-        """The ceiling: `--qps`."""
+        """The ceiling: `--qps`, or `--max-qps` under `--qps auto`."""
         return self._max_rate
 
     @property
@@ -125,12 +157,23 @@ class Pacer:
         given = self._recovery_given
         self._recovery = max(_RATE_FLOOR, rate / _RECOVERY_DIVISOR) if given is None else given
         self._rate = rate if self._rate == 0.0 else min(max(self._rate, self._min_rate), rate)
-        # At most floor(max_rate) grants in any window (a 2.5 qps cap allows 2 in one
-        # second, not 3); a fractional rate below 1 still needs one slot to exist.
-        self._grants = deque(self._grants, maxlen=max(1, math.floor(rate)))
+        # Enough history for the guard at any rate up to the ceiling (`_next_slot`).
+        self._grants = deque(self._grants, maxlen=_per_window(rate))
+        self._follow()
 
-    async def acquire(self) -> None:
-        """Wait for the next send slot; waiters are served first come, first served."""
+    def backlog(self) -> float:
+        """Seconds of slots that the callers already waiting in `acquire` will fill."""
+        return self._waiting * SPACING_MARGIN / self._rate
+
+    async def acquire(self) -> float:
+        """Wait for the next send slot and return its time; first come, first served."""
+        self._waiting += 1
+        try:
+            return await self._acquire()
+        finally:
+            self._waiting -= 1
+
+    async def _acquire(self) -> float:
         async with self._lock:
             while True:
                 now = self._clock()
@@ -145,10 +188,27 @@ class Pacer:
             # On time or a little late: stay on the grid. Later than that: restart it from now.
             self._slot = ready if now - ready < MAX_ABSORBED * spacing else now
             self._grants.append(now)
+            if self._controller is not None:
+                self._controller.on_sent(now)
+            return now
 
-    def slow_down(self) -> None:
-        """On 10011: halve the rate (not below `min_rate`), at most once per window."""
+    def accepted(self, sent_at: float) -> None:
+        """A reply other than 10011 came for the request granted at `sent_at`."""
+        if self._controller is not None:
+            self._controller.on_accepted(sent_at, self._clock())
+            self._follow()
+
+    def slow_down(self, sent_at: float | None = None) -> None:
+        """On 10011 for the request granted at `sent_at`: slow down.
+
+        Following a controller, it decides. Otherwise halve the rate (not below `min_rate`),
+        at most once per window: the 10011s of requests in flight describe the same moment.
+        """
         now = self._clock()
+        if self._controller is not None:
+            self._controller.on_rate_limited(now if sent_at is None else sent_at, now)
+            self._follow()
+            return
         if now - self._last_slow_down < self._window:
             return
         self._recover(now)
@@ -174,16 +234,32 @@ class Pacer:
         if self._slot is None:
             return -math.inf
         ready = self._slot + SPACING_MARGIN / self._rate
-        if len(self._grants) == self._grants.maxlen:
-            # The oldest remembered grant must have left the window before another enters.
-            ready = max(ready, self._grants[0] + self._window * SPACING_MARGIN)
+        allowed = _per_window(self._rate) if self._controller is None else self._allowed
+        if len(self._grants) >= allowed:
+            # The grant `allowed` back must have left the window before another enters.
+            ready = max(ready, self._grants[-allowed] + self._window * SPACING_MARGIN)
         return ready
+
+    def _follow(self) -> None:
+        """Take the controller's rate, if there is one (under the ceiling, above zero)."""
+        if self._controller is not None:
+            rate = self._controller.rate
+            self._rate = min(self._max_rate, max(rate, _RATE_FLOOR))
+            self._allowed = min(self._controller.per_window, _per_window(self._max_rate))
 
     def _recover(self, now: float) -> None:
         """Additive increase, applied lazily: `recovery` qps per second since the last look."""
+        if self._controller is not None:
+            return  # the controller sets the rate
         if self._recovered_at is None or self._rate >= self._max_rate:
             self._recovered_at = now
             return
         elapsed = max(0.0, now - self._recovered_at)
         self._rate = min(self._max_rate, self._rate + self._recovery * elapsed)
         self._recovered_at = now
+
+
+def _per_window(rate: float) -> int:
+    """Grants one window may hold at `rate`: a 2.5 qps rate allows 2 in one second, not 3; a
+    fractional rate below 1 still needs one slot to exist."""
+    return max(1, math.floor(rate))

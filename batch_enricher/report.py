@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from batch_enricher import bands as bands_mod
 from batch_enricher import codes as codes_mod
+from batch_enricher.autorate import RateFound
 from batch_enricher.models import Status
 from batch_enricher.summary import FileSummary, RunSummary
 from batch_enricher.writer import SummarySheet, write_text_atomically
@@ -155,7 +156,9 @@ def format_summary(summary: RunSummary) -> str:
             " (timeouts, dropped connections, unreadable replies); the server may have billed"
             f" them: at most {summary.possibly_billed} bill(s) more than 'billed' says"
         )
-    if summary.rate_limited:
+    if summary.rate_found is not None:
+        lines.append(_rate_found(summary.rate_found, summary.rate_limited))
+    elif summary.rate_limited:
         lines.append(
             f"  the server answered 10011 (too fast) {summary.rate_limited} time(s): the run slowed"
             " down by itself; a lower --qps would match the account's limit"
@@ -163,6 +166,27 @@ def format_summary(summary: RunSummary) -> str:
     if summary.stop_reason:
         lines.append(f"  stopped early: {summary.stop_reason}")
     return "\n".join(lines)
+
+
+def _rate_found(found: RateFound, rate_limited: int) -> str:
+    """The `--qps auto` line: the rate it found, and how far to trust it."""
+    if found.rate is None:
+        return "  --qps auto: too few requests to learn the account's limit"
+    if found.limited:
+        return (
+            f"  --qps auto: settled at {found.rate:g} requests/s, just under the account's limit"
+            f" (10011 answered {rate_limited} time(s) on the way); give --qps {found.rate:g} to"
+            " start there next time"
+        )
+    if found.rate >= found.ceiling:
+        return (
+            f"  --qps auto: reached the --max-qps ceiling of {found.ceiling:g} requests/s without"
+            " a 10011: the account allows at least that"
+        )
+    return (
+        f"  --qps auto: the server took {found.rate:g} requests/s without a 10011, the most this"
+        " run sent for a whole second: the account's limit is at least that"
+    )
 
 
 def _status_counts(counts: Mapping[Status, int], dry_run: bool = False) -> str:

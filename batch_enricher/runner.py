@@ -25,9 +25,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from batch_enricher import bands as bands_mod
+from batch_enricher.autorate import DEFAULT_MAX_QPS
 from batch_enricher.client import DEFAULT_ENDPOINT, RetryPolicy
 from batch_enricher.columns import RESULT_COLUMNS, ColumnNames, existing_result_columns
 from batch_enricher.dispatch import dispatch
@@ -62,7 +63,8 @@ class EnrichOptions:
     output_dir: Path | None = None
     key: str | None = None
     endpoint: str = DEFAULT_ENDPOINT
-    qps: float = 10.0
+    qps: float | Literal["auto"] = 10.0  # "auto": find the account's limit (autorate.py)
+    max_qps: float = DEFAULT_MAX_QPS  # the ceiling of qps="auto"
     concurrency: int = 8
     timeout: float = 15.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -2,7 +2,8 @@
 
 It answers like the reference (`reference/juhe-financeInfo-api.txt`): the same route, the
 same reply shape and reasons, the documented error codes. On top it can enforce a key, a
-per-second request limit (10011), a billing quota (10012), inject transient faults (JSON
+per-second request limit (10011; it may change on a schedule, as an account's does when another
+system starts using its key), a billing quota (10012), inject transient faults (JSON
 281504/10014, HTTP 500/502: error replies, never billed) and add latency. Answers are
 deterministic per person (derived from a hash of idcard|realname|mobile), so reruns see the
 same scores.
@@ -96,6 +97,9 @@ class SandboxConfig:
 
     key: str | None = None  # when set, any other key → 10001; None accepts any non-empty key
     qps_limit: float | None = None  # arrivals in the trailing 1.0 s beyond this → 10011
+    #: Later limits, for a limit that changes mid-run (another system starts using the key):
+    #: (seconds after the first request, qps_limit from then on), in time order.
+    qps_schedule: tuple[tuple[float, float | None], ...] = ()
     quota: int | None = None  # after this many billed answers, every request → 10012
     fault_rate: float = 0.0  # share of requests that get a transient fault
     latency_ms: float = 0.0  # delay before every reply
@@ -114,6 +118,22 @@ class SandboxConfig:
             raise ValueError("every rate is a share of requests, between 0 and 1")
         if self.drop_rate + self.late_rate + self.truncate_rate > 1.0:
             raise ValueError("drop, late and truncate rates add up to more than 1")
+        times = [at for at, _ in self.qps_schedule]
+        if any(at < 0 for at in times) or times != sorted(times):
+            raise ValueError("qps_schedule times are seconds after the first request, in order")
+
+    def limit_at(self, elapsed: float) -> float | None:
+        """The limit in force `elapsed` seconds after the first request (None: no limit).
+
+        >>> SandboxConfig(qps_limit=40, qps_schedule=((30.0, 20),)).limit_at(31.0)
+        20
+        """
+        limit = self.qps_limit
+        for at, later in self.qps_schedule:
+            if elapsed < at:
+                break
+            limit = later
+        return limit
 
 
 @dataclass
@@ -181,6 +201,7 @@ class _State:
         self.lost_rng = random.Random(f"lost-reply:{config.seed}")
         self.closing = asyncio.Event()  # set on shutdown: held-back replies give up at once
         self.orders = 0
+        self.first_arrival: float | None = None  # where qps_schedule's times count from
         # Random per instance so orderids differ across restarts; the counter keeps them
         # unique within one.
         self.instance = os.urandom(4).hex().upper()
@@ -188,6 +209,12 @@ class _State:
     def next_orderid(self) -> str:
         self.orders += 1
         return f"SANDBOX{self.instance}{self.orders & 0xFFFFFFFF:08X}"
+
+    def qps_limit(self, now: float) -> float | None:
+        """The limit in force at `now` (monotonic), the first request's arrival counting as 0."""
+        if self.first_arrival is None:
+            self.first_arrival = now
+        return self.config.limit_at(now - self.first_arrival)
 
     def draw_fault(self) -> int | None:
         # Drawn at arrival for every request so the fault sequence depends only on the seed
@@ -314,6 +341,7 @@ def _decide(
     stats: SandboxStats,
     params: Mapping[str, str],
     in_window: int,
+    limit: float | None,
     fault: int | None,
 ) -> tuple[int, dict[str, str] | None]:
     """Pick the reply for one request: (code, result or None). Fault codes are negative."""
@@ -323,7 +351,7 @@ def _decide(
         return 10001, None
     if config.quota is not None and stats.billed >= config.quota:
         return 10012, None
-    if config.qps_limit is not None and in_window > config.qps_limit:
+    if limit is not None and in_window > limit:
         return 10011, None
     if fault is not None:
         return fault, None
@@ -358,6 +386,7 @@ async def _query(request: web.Request) -> web.Response:
         stats.query_params_seen += 1
     # The window includes this arrival; arrivals only ever grow, so the list stays sorted.
     in_window = len(stats.arrivals) - bisect.bisect_right(stats.arrivals, now - 1.0)
+    limit = state.qps_limit(now)
     fault = state.draw_fault()
     lost = state.draw_lost()
     params = await _params(request)
@@ -368,7 +397,7 @@ async def _query(request: web.Request) -> web.Response:
         await asyncio.sleep(state.config.latency_ms / 1000)
 
     # No await from here to the reply being built: quota and billing stay consistent.
-    code, result = _decide(state, stats, params, in_window, fault)
+    code, result = _decide(state, stats, params, in_window, limit, fault)
     stats.codes[code] += 1
     stats.answered[index] = code
     if code == 0:

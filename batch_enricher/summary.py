@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch_enricher.autorate import RateFound
 from batch_enricher.models import Status
 
 
@@ -39,6 +40,7 @@ class RunSummary:
     #: attempts whose reply was lost after the request was sent: each may have been billed
     possibly_billed: int = 0
     rate_limited: int = 0  # 10011 replies received
+    rate_found: RateFound | None = None  # what --qps auto learned (None: not asked)
     elapsed_s: float = 0.0
     exit_code: int = 0
     dry_run: bool = False
@@ -74,6 +76,8 @@ class RunSummary:
             "possibly_billed": self.possibly_billed,
             "retries": self.retries,
             "rate_limited": self.rate_limited,
+            # --qps auto: the rate to give --qps next time; null when not asked or not learned
+            "rate_found": self.rate_found.rate if self.rate_found else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "exit_code": self.exit_code,
         }

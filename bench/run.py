@@ -21,6 +21,13 @@ and peak RSS, nothing else's):
 (e) planning memory (issue 10), opt-in with `--planning`: peak RSS of `enrich --dry-run` with a
     fresh journal over 5,000,000 distinct people (`--planning-people`), and over a tenth of them
     for the ratio. No server is needed: a dry run sends nothing. Several minutes.
+(b') issue 13: CPU per API call, enrich's call phase against the bare loop's (both measured
+    inside their process, start-up excluded: enrich's debug log gives its own), from the (a)/(b)
+    runs; and the imports of `batch-enricher --help` (`python -X importtime`).
+(f) `--qps auto` (issue 13), opt-in with `--auto`: enrich with `--qps auto` against server
+    limits it is not told (10, 40 and 100/s, and 40/s dropping to 20/s halfway), each stopped
+    with Ctrl-C after `--auto-seconds`; the share of the limit held after the first 15 s, the
+    share of requests answered 10011, the seconds to reach 90 % of the limit. About 4 minutes.
 
 Generated files live under bench/_work/ (git-ignored), recreated on every run. The people are
 fictional, with valid check digits (the same scheme as tests/conftest.py, copied here).
@@ -30,10 +37,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import csv
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -61,6 +70,14 @@ PANDAS_RATIO_MAX = 4.0
 PLANNING_RSS_MAX_MB = 300
 # Target of issue 12.
 TEAM_RATE_SHARE_MIN = 0.95
+# Targets of issue 13: (b') and (f).
+CPU_PER_CALL_MAX = 1.25
+HELP_IMPORTS_MAX_MS = 150.0
+AUTO_HELD_MIN = 0.90  # of the limit, after the first AUTO_SETTLING seconds
+AUTO_SETTLING = 15.0
+AUTO_REFUSED_MAX = 0.01  # share of requests answered 10011
+AUTO_RECOVERY = 10.0  # seconds after the limit halves, from which <= 1 % again
+AUTO_MAX_QPS = 200.0
 
 # --- fictional people (the scheme of tests/conftest.py `person(i)`) ----------------------------
 
@@ -230,9 +247,12 @@ def child_env() -> dict[str, str]:
 class Server:
     """The sandbox in its own process; `window(since)` reports what it saw from `since` on."""
 
-    def __init__(self, qps_limit: float, latency_ms: float) -> None:
+    def __init__(
+        self, qps_limit: float, latency_ms: float, schedule: Sequence[tuple[float, float]] = ()
+    ) -> None:
+        steps = [f"{at:g}:{limit:g}" for at, limit in schedule]
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(qps_limit), str(latency_ms)],
+            [sys.executable, __file__, "--serve", str(qps_limit), str(latency_ms), *steps],
             stdout=subprocess.PIPE,
             env=child_env(),
             cwd=ROOT,
@@ -250,6 +270,12 @@ class Server:
             data: dict[str, Any] = json.load(reply)
         return data
 
+    def detail(self) -> tuple[list[float], list[int | None]]:
+        """Every arrival (seconds after the first) and the code it was answered with."""
+        with urllib.request.urlopen(f"{self.base}/_bench?detail=1", timeout=30) as reply:
+            data: dict[str, Any] = json.load(reply)
+        return data["times"], data["answered"]
+
     def close(self) -> None:
         """Stop the server process (it was started here, so it is ended by its own pid)."""
         self.proc.send_signal(signal.SIGTERM)
@@ -260,16 +286,24 @@ class Server:
             self.proc.wait()
 
 
-def _serve(qps_limit: float, latency_ms: float) -> None:
-    """Child mode: serve the project's emulator on a free loopback port until SIGTERM."""
+def _serve(qps_limit: float, latency_ms: float, steps: Sequence[str] = ()) -> None:
+    """Child mode: serve the project's emulator on a free loopback port until SIGTERM.
+
+    `steps` ("30:20") change the limit that many seconds after the first request."""
     from aiohttp import web
 
     from batch_enricher.sandbox import STATS, SandboxConfig, make_app
 
-    app = make_app(SandboxConfig(qps_limit=qps_limit, latency_ms=latency_ms))
+    schedule = tuple((float(at), float(limit)) for at, limit in (s.split(":") for s in steps))
+    config = SandboxConfig(qps_limit=qps_limit, latency_ms=latency_ms, qps_schedule=schedule)
+    app = make_app(config)
 
     async def bench_window(request: web.Request) -> web.Response:
         stats = request.app[STATS]
+        if request.query.get("detail"):
+            first = stats.arrivals[0] if stats.arrivals else 0.0
+            times = [at - first for at in stats.arrivals]
+            return web.json_response({"times": times, "answered": stats.answered})
         since = int(request.query.get("since", "0"))
         arrivals = stats.arrivals[since:]
         codes: dict[str, int] = {}
@@ -330,6 +364,7 @@ def _bare_loop(url: str, src: Path, qps: float, concurrency: int) -> None:
     spacing = 1.001 / qps  # the pacer's own spacing (SPACING_MARGIN), so the pace is identical
 
     async def main() -> None:
+        cpu = time.process_time()
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
             loop = asyncio.get_running_loop()
@@ -346,6 +381,8 @@ def _bare_loop(url: str, src: Path, qps: float, concurrency: int) -> None:
                         json.loads(await reply.read())
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
+        # The call phase's CPU, as enrich logs its own (b'): start-up and imports excluded.
+        print(f"{time.process_time() - cpu:.6f}")
 
     asyncio.run(main())
 
@@ -419,14 +456,17 @@ def _summary(out: Path) -> dict[str, Any]:
 
 
 def bench(args: argparse.Namespace) -> None:
-    """Run parts (a)-(d), or (e) alone with --planning, and print the table."""
+    """Run (a)-(d) and (b'), or (e) alone with --planning, (f) with --auto; print the table."""
     started = time.perf_counter()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     env = child_env()
     table = Table()
-    if args.planning:
-        _planning(env, table, args.planning_people)
+    if args.planning or args.auto:
+        if args.planning:
+            _planning(env, table, args.planning_people)
+        if args.auto:
+            _auto(env, table, args)
         print(table.render())
         print(f"\nmachine: {machine()}")
         print(f"bench took {time.perf_counter() - started:.0f} s")
@@ -443,6 +483,7 @@ def bench(args: argparse.Namespace) -> None:
         return
     try:
         _pacing_and_cpu(server, env, table, args)
+        _startup(env, table)
         _naive(server, table, args.qps, args.naive)
         _scale(server, env, table, args.distinct, args.rows)
     finally:
@@ -460,18 +501,24 @@ def _pacing_and_cpu(
     ideal = n / qps
     runs: list[tuple[Child, dict[str, Any], dict[str, Any]]] = []
     bares: list[tuple[Child, dict[str, Any]]] = []
+    call_cpu: list[float] = []  # enrich's call phase, CPU seconds per API call
+    bare_call_cpu: list[float] = []
     # enrich and the bare loop take turns, `repeat` times each: the machine's noise then hits
     # both alike, and the CPU figures are the best of each (the least disturbed run).
     for attempt in range(args.repeat):
         out = WORK / f"pacing{attempt}.enriched.csv"
         state = WORK / f"pacing{attempt}.sqlite3"  # a fresh journal: every person is called
+        log = WORK / f"pacing{attempt}.log"
         since = server.window()["next"]
-        run = run_child(enrich_argv(src, out, state, server.url, qps), env)
+        argv = [*enrich_argv(src, out, state, server.url, qps), "--log-file", str(log)]
+        run = run_child(argv, env)
         runs.append((run, server.window(since), _summary(out)))
+        call_cpu.append(_dispatch_cpu_per_call(log))
         since = server.window()["next"]
         bare_argv = [sys.executable, __file__, "--bare", server.url, str(src), str(qps)]
         bare = run_child([*bare_argv, str(args.concurrency)], env)
         bares.append((bare, server.window(since)))
+        bare_call_cpu.append(float(bare.stdout.strip() or "nan") / n)
 
     rates = [_rate(seen) for _, seen, _ in runs]
     worst = min(range(len(runs)), key=rates.__getitem__)
@@ -517,6 +564,54 @@ def _pacing_and_cpu(
         f"{cpu:.2f} s vs {bare_cpu:.2f} s = {ratio:.2f}x",
         f"<= {CPU_RATIO_MAX:.1f}x",
         ratio <= CPU_RATIO_MAX and all(seen["requests"] == n for _, seen in bares),
+    )
+    per_call, bare_per_call = min(call_cpu), min(bare_call_cpu)
+    table.add(
+        "(b')",
+        f"CPU per API call, call phase: enrich vs bare loop (best of {len(runs)})",
+        f"{per_call * 1e3:.3f} ms vs {bare_per_call * 1e3:.3f} ms = "
+        f"{per_call / bare_per_call:.2f}x (each run: "
+        + ", ".join(f"{a / b:.2f}x" for a, b in zip(call_cpu, bare_call_cpu, strict=True))
+        + ")",
+        f"<= {CPU_PER_CALL_MAX:.2f}x",
+        per_call <= CPU_PER_CALL_MAX * bare_per_call,
+    )
+
+
+def _dispatch_cpu_per_call(log: Path) -> float:
+    """CPU seconds per API call of enrich's call phase, from the debug line dispatch logs."""
+    found = re.search(
+        r"dispatch took [\d.]+ s, ([\d.]+) s CPU, (\d+) API calls", log.read_text("utf-8")
+    )
+    if found is None:
+        raise RuntimeError(f"no dispatch line in {log}")
+    return float(found.group(1)) / int(found.group(2))
+
+
+def _startup(env: dict[str, str], table: Table) -> None:
+    """(b') `batch-enricher --help`: the time spent importing, best of three, and the wall."""
+    argv = [sys.executable, "-X", "importtime", "-m", "batch_enricher", "--help"]
+    totals, walls, loaded = [], [], False
+    for _ in range(3):
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+        walls.append(time.perf_counter() - started)
+        micros = 0
+        for text in done.stderr.splitlines():
+            fields = text.removeprefix("import time:").split("|")
+            if len(fields) != 3 or not fields[1].strip().isdigit():
+                continue
+            loaded |= fields[2].strip() == "aiohttp"
+            if fields[2][1:2] != " ":  # a top-level import: its cumulative time
+                micros += int(fields[1])
+        totals.append(micros / 1000)
+    table.add(
+        "(b')",
+        "`batch-enricher --help`: imports (best of 3)",
+        f"{min(totals):.0f} ms of imports, {min(walls) * 1000:.0f} ms wall; aiohttp "
+        + ("imported" if loaded else "not imported"),
+        f"< {HELP_IMPORTS_MAX_MS:.0f} ms",
+        min(totals) < HELP_IMPORTS_MAX_MS,
     )
 
 
@@ -590,7 +685,7 @@ def _scale(server: Server, env: dict[str, str], table: Table, distinct: int, row
 
 
 def _team(server: Server, env: dict[str, str], table: Table, args: argparse.Namespace) -> None:
-    """(f) One run alone with a PostgreSQL state: the shared limiter must not be the bottleneck."""
+    """(h) One run alone with a PostgreSQL state: the shared limiter must not be the bottleneck."""
     sys.path.insert(0, str(ROOT))
     from tests.pg import running_server
 
@@ -611,17 +706,121 @@ def _team(server: Server, env: dict[str, str], table: Table, args: argparse.Name
             walls.append(run.wall)
     worst = min(rates)
     table.add(
-        "(f)",
+        "(h)",
         f"one run alone, PostgreSQL --state: request rate ({n} requests, worst of {len(rates)})",
         f"{worst:.2f}/s = {worst / qps:.1%} of --qps {qps:g}",
         f">= {TEAM_RATE_SHARE_MIN:.0%}",
         worst / qps >= TEAM_RATE_SHARE_MIN,
     )
     table.add(
-        "(f)",
+        "(h)",
         "whole run with a PostgreSQL --state vs N/qps (slowest)",
         f"{max(walls):.2f} s vs {n / qps:.2f} s = {max(walls) / (n / qps):.3f}x",
     )
+
+
+@dataclass
+class AutoRun:
+    """One `--qps auto` run as the server saw it: arrival times (from the first) and codes."""
+
+    times: list[float]
+    codes: list[int | None]
+    summary: dict[str, Any]
+    seconds: float
+
+    def refused_share(self, start: float = 0.0) -> float:
+        codes = [c for t, c in zip(self.times, self.codes, strict=True) if t >= start]
+        return sum(1 for c in codes if c == 10011) / max(1, len(codes))
+
+    def accepted(self, start: float, end: float) -> float:
+        """Requests per second the server accepted (anything but 10011) from `start` to `end`."""
+        pairs = zip(self.times, self.codes, strict=True)
+        return sum(1 for t, c in pairs if start <= t < end and c != 10011) / (end - start)
+
+    def reached(self, share: float, limit: float) -> float | None:
+        """Seconds until the last second first held `share` of `limit` in accepted requests."""
+        accepted = [t for t, c in zip(self.times, self.codes, strict=True) if c != 10011]
+        for index, at in enumerate(accepted):
+            start = bisect.bisect_right(accepted, at - 1.0)
+            if index + 1 - start >= share * limit:
+                return at
+        return None
+
+
+def _auto(env: dict[str, str], table: Table, args: argparse.Namespace) -> None:
+    """(f) `--qps auto` against limits it is not told, and one that halves halfway."""
+    seconds = args.auto_seconds
+    target = f">= {AUTO_HELD_MIN:.0%}, <= {AUTO_REFUSED_MAX:.0%}"
+    for limit in (10.0, 40.0, 100.0):
+        run = _auto_run(env, args, limit, seconds)
+        held = run.accepted(AUTO_SETTLING, seconds) / limit
+        refused = run.refused_share()
+        reached = run.reached(AUTO_HELD_MIN, limit)
+        table.add(
+            "(f)",
+            f"--qps auto --max-qps {AUTO_MAX_QPS:g}, server limit {limit:g}/s "
+            f"({seconds:g} s, {len(run.times)} requests)",
+            f"held {held:.1%} of the limit after {AUTO_SETTLING:g} s; 10011: {refused:.2%} of "
+            f"requests; 90% reached at {_seconds(reached)}; rate_found {run.summary['rate_found']}",
+            target,
+            held >= AUTO_HELD_MIN and refused <= AUTO_REFUSED_MAX,
+        )
+    drop = seconds / 2
+    run = _auto_run(env, args, 40.0, seconds, schedule=[(drop, 20.0)])
+    before = run.accepted(AUTO_SETTLING, drop) / 40.0
+    after = run.accepted(drop + AUTO_RECOVERY, seconds) / 20.0
+    refused_after = run.refused_share(drop + AUTO_RECOVERY)
+    table.add(
+        "(f)",
+        f"--qps auto, limit 40/s, 20/s from {drop:g} s on ({seconds:g} s)",
+        f"held {before:.1%} before the drop, {after:.1%} from {AUTO_RECOVERY:g} s after it; "
+        f"10011 from then on: {refused_after:.2%} (all: {run.refused_share():.2%}); "
+        f"rate_found {run.summary['rate_found']}",
+        f"<= {AUTO_REFUSED_MAX:.0%} after {AUTO_RECOVERY:g} s",
+        refused_after <= AUTO_REFUSED_MAX and min(before, after) >= AUTO_HELD_MIN,
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
+
+
+def _auto_run(
+    env: dict[str, str],
+    args: argparse.Namespace,
+    limit: float,
+    seconds: float,
+    schedule: Sequence[tuple[float, float]] = (),
+) -> AutoRun:
+    """enrich --qps auto for `seconds` from its first request (then Ctrl-C) against a server
+    limited to `limit` requests per trailing second, changed by `schedule`."""
+    tag = f"auto{limit:g}" + ("-drop" if schedule else "")
+    # More people than the run can reach: it is stopped, never runs dry.
+    src = write_distinct(WORK / f"{tag}.csv", int(limit * (seconds + 10) * 1.2))
+    out = WORK / f"{tag}.enriched.csv"
+    server = Server(qps_limit=limit, latency_ms=args.latency_ms, schedule=schedule)
+    try:
+        argv = enrich_argv(src, out, WORK / f"{tag}.sqlite3", server.url, 0.0)
+        # Above every limit here, 100 included: each is found, not met as a ceiling.
+        at = argv.index("--qps") + 1
+        argv[at : at + 1] = ["auto", "--max-qps", str(AUTO_MAX_QPS)]
+        with (WORK / f"{tag}.stderr").open("w") as err:
+            proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env, cwd=ROOT)
+            deadline = time.monotonic() + 60
+            while server.window()["requests"] == 0:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"the {tag} run sent nothing")
+                time.sleep(0.05)
+            time.sleep(seconds)
+            proc.send_signal(signal.SIGINT)  # stop sending: the summary is still written
+            if proc.wait(120) not in (0, 3):
+                raise RuntimeError(f"the {tag} run failed; see {err.name}")
+        times, codes = server.detail()
+    finally:
+        server.close()
+    # Kept for a closer look (what the server saw, no personal data).
+    (WORK / f"{tag}.arrivals.json").write_text(json.dumps({"times": times, "codes": codes}))
+    return AutoRun(times, codes, _summary(out), seconds)
 
 
 def _planning(env: dict[str, str], table: Table, people: int) -> None:
@@ -678,14 +877,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--team",
         action="store_true",
-        help="(f) only: one run with a PostgreSQL --state (starts a throw-away server)",
+        help="(h) only: one run with a PostgreSQL --state (starts a throw-away server)",
     )
-    parser.add_argument("--serve", nargs=2, type=float, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--auto",
+        action="store_true",
+        help="run only (f): --qps auto against unknown limits (about 4 minutes)",
+    )
+    parser.add_argument("--auto-seconds", type=float, default=60.0, help="length of each (f) run")
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--bare", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--pandas", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        _serve(*args.serve)
+        _serve(float(args.serve[0]), float(args.serve[1]), args.serve[2:])
     elif args.bare:
         url, src, qps, concurrency = args.bare
         _bare_loop(url, Path(src), float(qps), int(concurrency))

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from batch_enricher.client import JuheClient, send_tracing
+from batch_enricher.client import JuheClient, open_session
 from batch_enricher.errors import ConnectFailedError, TransientApiError, UncertainReplyError
 from batch_enricher.models import Person, Status
 
@@ -46,7 +46,7 @@ async def serve() -> AsyncIterator[Serve]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(trace_configs=[send_tracing()]) as http:
+    async with open_session() as http:
         yield http
 
 
@@ -137,7 +137,7 @@ async def test_a_timeout_before_the_request_left_is_certainly_not_sent(serve: Se
         return await _slow(request)
 
     connector = aiohttp.TCPConnector(limit=1)
-    async with aiohttp.ClientSession(connector=connector, trace_configs=[send_tracing()]) as http:
+    async with open_session(connector=connector) as http:
         url = await serve(hold)
         holder = asyncio.create_task(JuheClient(http, url, "k", timeout=30).request(PERSON))
         await asyncio.wait_for(arrived.wait(), 10)
@@ -158,8 +158,8 @@ async def test_an_error_status_is_a_reply_not_a_lost_one(
     assert not isinstance(caught.value, UncertainReplyError | ConnectFailedError)
 
 
-async def test_a_session_without_the_send_trace_is_refused() -> None:
-    # Without the trace every lost reply would look "never sent": refuse, don't guess.
+async def test_a_session_not_made_by_open_session_is_refused() -> None:
+    # Without its marking requests every lost reply would look "never sent": refuse, don't guess.
     async with aiohttp.ClientSession() as http:
-        with pytest.raises(ValueError, match="send_tracing"):
+        with pytest.raises(ValueError, match="open_session"):
             JuheClient(http, "http://127.0.0.1:9/q", "k", timeout=1)

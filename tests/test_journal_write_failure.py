@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -33,18 +33,19 @@ def test_a_journal_write_failure_says_what_was_lost_and_what_to_do(
     out_dir.mkdir()
     # What a killed earlier run left: swept at the start of this run, which writes nothing.
     (out_dir / ".o.csv.batch-enricher-dead0000.tmp").write_text("王小明", encoding="utf-8")
-    real_put = Journal.put
+    real_put_many = Journal.put_many
     kept: list[Answer] = []
     refused: list[Answer] = []
 
-    def failing_put(self: Journal, key: bytes, answer: Answer) -> None:
+    def failing_put_many(self: Journal, items: Iterable[tuple[bytes, Answer]]) -> None:
+        batch = list(items)  # answers arriving together share one commit (groupcommit.py)
         if len(kept) >= KEPT:
-            refused.append(answer)
+            refused.extend(answer for _, answer in batch)
             raise JournalError(f"cannot write the journal {state}: disk I/O error")
-        kept.append(answer)
-        real_put(self, key, answer)
+        kept.extend(answer for _, answer in batch)
+        real_put_many(self, batch)
 
-    monkeypatch.setattr(Journal, "put", failing_put)
+    monkeypatch.setattr(Journal, "put_many", failing_put_many)
 
     result = run("enrich", str(src), "-o", str(out_dir / "o.csv"), "--key", "k",
                  "--endpoint", server.url, "--concurrency", str(CONCURRENCY), *fast())  # fmt: skip

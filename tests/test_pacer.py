@@ -305,3 +305,34 @@ def test_set_max_rate_clamps_the_current_rate() -> None:
     pacer.set_max_rate(8)
     assert pacer.max_rate == 8
     assert pacer.rate == 4  # raising the ceiling does not jump the rate; it recovers
+
+
+async def test_a_slow_down_drains_the_window_before_the_next_grant() -> None:
+    clock = FakeClock()
+    pacer = _pacer(10, clock, recovery=0.01)
+    times = await _grants(pacer, clock, 10)  # a full second at 10/s
+    pacer.slow_down()  # 5/s: a server counting the last second still sees 10
+    later = await _grants(pacer, clock, 1)
+    # Not one spacing at 5/s after the last grant (0.2 s), but once the last window holds 4.
+    assert later[0] >= times[5] + SPACING_MARGIN
+    assert _max_in_any_window(times + later, window=SPACING_MARGIN) <= 10
+
+
+async def test_acquire_returns_the_grant_time() -> None:
+    clock = FakeClock()
+    pacer = _pacer(10, clock)
+    assert [await pacer.acquire() for _ in range(3)] == pytest.approx([0.0, 0.101, 0.202])
+
+
+async def test_backlog_is_the_slots_the_waiting_callers_will_fill() -> None:
+    clock = ManualClock()
+    pacer = _pacer(10, clock)
+    assert pacer.backlog() == 0
+    await pacer.acquire()
+    waiters = [asyncio.create_task(pacer.acquire()) for _ in range(3)]
+    await _settle()
+    assert pacer.backlog() == pytest.approx(3 * 0.1 * SPACING_MARGIN)
+    for _ in range(3):
+        await clock.advance(0.1 * SPACING_MARGIN)
+    await asyncio.gather(*waiters)
+    assert pacer.backlog() == 0

@@ -20,11 +20,12 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Literal, Protocol, Self
 
 from batch_enricher.models import Answer, Person, Status
 
 if TYPE_CHECKING:
+    from batch_enricher.autorate import RateFound
     from batch_enricher.client import CallStats
     from batch_enricher.guards import RunControl
 
@@ -94,12 +95,25 @@ class Journal(Protocol):
 class Limiter(Protocol):
     """Send slots: at most the account's rate in any one-second window, slower on 10011."""
 
-    async def acquire(self) -> None:
-        """Wait for the next send slot."""
+    @property
+    def controlled(self) -> bool:
+        """Whether an auto-rate controller (`--qps auto`) sets the rate."""
         ...
 
-    def slow_down(self) -> None:
-        """The server answered 10011 (too fast): slow down."""
+    async def acquire(self) -> float:
+        """Wait for the next send slot; returns when it was granted (the event loop's clock)."""
+        ...
+
+    def accepted(self, sent_at: float) -> None:
+        """The request sent at `sent_at` was answered without a 10011."""
+        ...
+
+    def slow_down(self, sent_at: float | None = None) -> None:
+        """The server answered 10011 (too fast) to the request sent at `sent_at`: slow down."""
+        ...
+
+    def backlog(self) -> float:
+        """Seconds of send slots the waiting senders will fill (0 when none wait)."""
         ...
 
 
@@ -128,6 +142,15 @@ class Session(Protocol):
     @property
     def wait_for_others(self) -> float:
         """Seconds to wait for a person another run is asking about before giving up."""
+        ...
+
+    @property
+    def commits(self) -> int:
+        """Journal transactions this session made (for the debug log and the benchmark)."""
+        ...
+
+    def found(self) -> RateFound | None:
+        """The rate `--qps auto` found (None with a fixed --qps)."""
         ...
 
     async def claim(self, keys: Sequence[bytes]) -> Claimed:
@@ -170,10 +193,11 @@ class Store(Protocol):
 class SessionSettings:
     """What a session needs to know about the run."""
 
-    qps: float
+    qps: float | Literal["auto"]
     concurrency: int
     cutoff: float | None  # --max-age: answers older than this do not count as answered
     api_key: str = ""  # only to tell, by a keyed hash, whether another run used the same key
+    max_qps: float = 100.0  # --qps auto's ceiling
 
 
 #: An async context manager giving a `Session` (the run's claims go when it exits).

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
+from batch_enricher.autorate import AutoRate, RateFound
 from batch_enricher.client import CallStats
+from batch_enricher.groupcommit import GroupCommit
 from batch_enricher.guards import RunControl
 from batch_enricher.models import Answer
 from batch_enricher.pacer import Pacer
@@ -22,14 +24,27 @@ __all__ = ["LocalSession", "LocalStore"]
 class LocalSession:
     """Sending with the local journal: no one else to ask."""
 
-    def __init__(self, journal: Journal, pacer: Pacer) -> None:
+    def __init__(self, journal: Journal, pacer: Pacer, controller: AutoRate | None) -> None:
         self._journal = journal
         self._pacer = pacer
+        self._controller = controller
+        # Answers arriving close together share one commit; each `record` still returns only
+        # once its own answer is committed (groupcommit.py).
+        self._committer = GroupCommit(journal.put_many, pacer.backlog)
 
     @property
     def pacer(self) -> Limiter:
-        """The in-process pacer at `--qps`."""
+        """The in-process pacer: at `--qps`, or following the auto-rate controller."""
         return self._pacer
+
+    @property
+    def commits(self) -> int:
+        """Journal transactions so far."""
+        return self._committer.commits
+
+    def found(self) -> RateFound | None:
+        """The rate `--qps auto` found (None with a fixed --qps)."""
+        return self._controller.found() if self._controller is not None else None
 
     @property
     def exclusive(self) -> bool:
@@ -46,8 +61,12 @@ class LocalSession:
         return Claimed(mine=list(keys))
 
     async def record(self, key: bytes, answer: Answer) -> None:
-        """Commit the answer to the SQLite journal (local and quick: no need to await)."""
-        self._journal.put(key, answer)
+        """Commit the answer to the SQLite journal; returns once it is committed."""
+        await self._committer.put(key, answer)
+
+    def flush(self) -> None:
+        """Commit whatever answers still wait (the session is ending)."""
+        self._committer.flush()
 
     async def release(self, keys: Sequence[bytes]) -> None:
         """Nothing to release."""
@@ -77,4 +96,14 @@ class LocalStore:
 
 @contextlib.asynccontextmanager
 async def _session(journal: Journal, settings: SessionSettings) -> AsyncIterator[LocalSession]:
-    yield LocalSession(journal, Pacer(settings.qps))
+    controller = None
+    if settings.qps == "auto":
+        controller = AutoRate(settings.max_qps)
+        pacer = Pacer.following(controller)
+    else:
+        pacer = Pacer(settings.qps)
+    session = LocalSession(journal, pacer, controller)
+    try:
+        yield session
+    finally:
+        session.flush()  # a paid answer is never left waiting for a commit

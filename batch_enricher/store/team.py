@@ -40,7 +40,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from batch_enricher.errors import JournalError
+from batch_enricher.autorate import RateFound
+from batch_enricher.errors import ConfigError, JournalError
 from batch_enricher.models import Answer, Status
 from batch_enricher.store.base import Claimed, Limiter, SessionContext, SessionSettings
 from batch_enricher.store.postgres import (
@@ -230,7 +231,19 @@ class SharedPacer:
         """The account's rate at the last reservation."""
         return self._rate
 
-    async def acquire(self) -> None:
+    @property
+    def controlled(self) -> bool:
+        """Never: the account's rate is the lowest `--qps` of the live runs."""
+        return False
+
+    def accepted(self, sent_at: float) -> None:
+        """Nothing to learn from an accepted request: the rate is given."""
+
+    def backlog(self) -> float:
+        """Seconds of this run's reserved slots not yet used."""
+        return len(self._slots) / self._rate if self._rate > 0 else 0.0
+
+    async def acquire(self) -> float:
         """Wait for this run's next slot of the account's schedule (first come, first served)."""
         async with self._lock:
             while True:
@@ -247,9 +260,9 @@ class SharedPacer:
                     self.dropped += 1
                     continue
                 self.granted += 1
-                return
+                return now
 
-    def slow_down(self) -> None:
+    def slow_down(self, sent_at: float | None = None) -> None:
         """On 10011: halve the account's rate (once per window for all runs) from the next slot."""
         self._slow_pending = True
         self.forget_slots()
@@ -313,6 +326,7 @@ class TeamSession:
         stats: CallStats,
     ) -> None:
         self._store = store
+        self._commits = 0
         self._conn = conn
         self._pacer = pacer
         self.run_id = run_id
@@ -372,6 +386,15 @@ class TeamSession:
             held=[key for key in keys if key not in mine and key not in answered],
         )
 
+    @property
+    def commits(self) -> int:
+        """Answers stored so far (one statement, one commit each)."""
+        return self._commits
+
+    def found(self) -> RateFound | None:
+        """A team runs at the account's given rate: nothing to find."""
+        return None
+
     async def record(self, key: bytes, answer: Answer) -> None:
         """Store the answer and drop the claim, in one statement (committed on return)."""
         row = answer_row(key, answer)
@@ -379,6 +402,7 @@ class TeamSession:
         params["run"] = self.run_id
         with pg_errors(self._url, "write", sent=True):
             await self._conn.execute(_RECORD, params)
+        self._commits += 1
 
     async def release(self, keys: Sequence[bytes]) -> None:
         """Drop this run's claims on `keys` (people it will not answer now)."""
@@ -421,7 +445,7 @@ class TeamSession:
                 log.warning("heartbeat: %s", exc)
 
     async def _beat(self, started: datetime, rate: float) -> None:
-        params = self._store.identity(self.run_id, self._settings.qps)
+        params = self._store.identity(self.run_id, _given_rate(self._settings))
         params |= {
             "started": started,
             "rate": rate,
@@ -478,13 +502,14 @@ class TeamStore:
         self, settings: SessionSettings, control: RunControl, stats: CallStats
     ) -> AsyncIterator[TeamSession]:
         url = self._journal.url
+        qps = _given_rate(settings)
         run_id = secrets.token_hex(8)
         conn = await _connect(url)
         pace_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         try:
             pace_conn = await _connect(url)  # its own: slots must not queue behind answers
             with pg_errors(url, "register the run in"):
-                cur = await conn.execute(_REGISTER, self.identity(run_id, settings.qps))
+                cur = await conn.execute(_REGISTER, self.identity(run_id, qps))
                 row = await cur.fetchone()
             assert row is not None
             started: datetime = row[0]
@@ -492,7 +517,7 @@ class TeamStore:
             pacer = SharedPacer(
                 pace_conn,
                 url,
-                qps=settings.qps,
+                qps=qps,
                 concurrency=settings.concurrency,
                 started=started,
                 tag=tag,
@@ -539,3 +564,14 @@ def _user() -> str:
 def open_team_store(url: TeamUrl, options: StoreOptions) -> TeamStore:
     """Open the team journal at `url` with the secret `options.secret_file` names."""
     return TeamStore(PgJournal.open(url, options.secret_file), options.lease)
+
+
+def _given_rate(settings: SessionSettings) -> float:
+    """The account's rate this run was given; `--qps auto` does not drive the shared schedule."""
+    if settings.qps == "auto":
+        raise ConfigError(
+            "--qps auto does not work with a shared --state yet: the runs share the account's "
+            "schedule, so give the account's rate, e.g. --qps 20 (a solo run with --qps auto "
+            "prints the rate it found)"
+        )
+    return settings.qps
