@@ -32,58 +32,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from batch_enricher.columns import RESULT_COLUMNS
+
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import person  # noqa: E402  (the same fictional people as the main benchmark)
+
 ROOT = HERE.parent
 WORK = HERE / "_work"
 SHEET = "客户"
 COLUMNS = ["客户编号", "姓名", "身份证号", "手机号", "城市", "金额", "日期", "备注", "比例", "等级"]
-RESULTS = [
-    "status",
-    "error_code",
-    "error_reason",
-    "orderid",
-    "range_score",
-    "range_band",
-    "history_score",
-    "history_band",
-    "stability_score",
-    "stability_band",
-    "queried_at",
-]
+RESULTS = list(RESULT_COLUMNS["en"])
 CITIES = ("北京", "上海", "广州", "深圳", "成都")
 DEFAULT_MODES = "enrich,pandas+xlsxwriter,pandas+openpyxl"
-
-# --- fictional people (the scheme of tests/conftest.py `person(i)`) ----------------------------
-
-_SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
-_GIVEN = [
-    "伟",
-    "芳",
-    "娜",
-    "秀英",
-    "敏",
-    "静",
-    "丽",
-    "强",
-    "磊",
-    "军",
-    "洋",
-    "勇",
-    "艳",
-    "杰",
-    "娟",
-]
-_REGIONS = ("110101", "310104", "440305", "510107", "330106")
-_WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]  # ISO 7064 MOD 11-2 weights
-
-
-def person(i: int) -> tuple[str, str, str]:
-    """The i-th fictional person: name, 18-digit ID with a correct check digit, unique mobile."""
-    birth = f"{1960 + i % 40:04d}{1 + i % 12:02d}{1 + i % 28:02d}"
-    body = f"{_REGIONS[i % 5]}{birth}{i % 1000:03d}"
-    check = "10X98765432"[sum(int(d) * w for d, w in zip(body, _WEIGHTS, strict=True)) % 11]
-    name = _SURNAMES[i % len(_SURNAMES)] + _GIVEN[(i // len(_SURNAMES)) % len(_GIVEN)]
-    return name, body + check, "1" + str(3 + i % 7) + f"{i:09d}"
 
 
 def generate(path: Path, rows: int, distinct: int) -> None:
