@@ -265,7 +265,9 @@ def _input_options(f: F) -> F:
 
 
 def _sheet(value: str | None) -> str | int | None:
-    return int(value) if value is not None and value.isdigit() else value
+    # Passed on as text: a sheet named "2014" is that sheet; digits that name no sheet are an
+    # index (the reader decides, knowing the sheets).
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

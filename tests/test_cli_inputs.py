@@ -272,3 +272,21 @@ def test_ragged_rows_keep_every_cell_and_are_enriched(
     assert [r[6] for r in rows] == ["ok", "invalid", "ok"], "a row with extra cells is enriched"
     assert "手机号" in rows[1][8]
     assert server.stats.requests == 1, "the same person, asked once"
+
+
+def test_a_sheet_named_with_digits_is_that_sheet_not_an_index(tmp_path: Path, run: Run) -> None:
+    book = openpyxl.Workbook()
+    first = book.active
+    assert first is not None
+    first.title = "说明"
+    first.append(["这张表没有客户"])
+    named = book.create_sheet("2014")
+    named.append(["姓名", "身份证号", "手机号"])
+    named.append(list(person(1)))
+    src = tmp_path / "years.xlsx"
+    book.save(src)
+
+    result = run("validate", str(src), "--sheet", "2014")
+
+    assert result.exit_code == 0, result.output
+    assert "1 row(s): 1 valid" in result.output

@@ -462,7 +462,13 @@ async def test_close_releases_the_port(http: aiohttp.ClientSession) -> None:
 def test_serve_prints_url_and_stops_cleanly_on_ctrl_c() -> None:
     code = "from batch_enricher.sandbox import *; serve(SandboxConfig(), port=0)"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A suite started as a background job (`pytest &`) passes SIGINT on ignored: give the
+        # child Ctrl-C as a terminal would.
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stdout is not None
@@ -527,3 +533,7 @@ def test_the_sandbox_command_passes_the_lost_reply_flags_and_checks_their_sum(
     result = CliRunner().invoke(cli, ["sandbox", "--drop-rate", "0.6", "--late-rate", "0.6"])
     assert result.exit_code == 2 and "add up to more than 1" in result.output
     assert len(served) == 1
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
