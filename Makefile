@@ -1,9 +1,13 @@
 # One command runs what CI runs: `make check` (install dev deps, lint, types, tests).
 PYTHON ?= python3
 
-.PHONY: check install lint types test bench demo
+.PHONY: check services install lint types test bench demo
 
-check: install lint types test
+check: services install lint types test
+
+# The team-journal tests start a real PostgreSQL server (tests/pg.py): its binaries must be here.
+services:
+	.ci/ensure-postgres
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
