@@ -99,7 +99,7 @@ def joined(
     """
     source, columns, resolve = item.source, item.columns, item.check
     fs = item.summary
-    memo, top = resolve.memo, resolve.top if not resolve.damaged else 1 << 30
+    memo, top = resolve.memo, resolve.top
     n_at, i_at, m_at = columns.realname, columns.idcard, columns.mobile
     per_person: dict[bytes, _Result[_Tail]] = {}
     blank_tail = make_tail([None] * len(RESULT_COLUMNS["en"]))

@@ -111,7 +111,7 @@ class _Planner:
         total = invalid = valid = blank = 0
         for item in inputs:
             columns, resolve = item.columns, item.check
-            memo, top = resolve.memo, resolve.top if not resolve.damaged else 1 << 30
+            memo, top = resolve.memo, resolve.top
             n_at, i_at, m_at = columns.realname, columns.idcard, columns.mobile
             for number, row in item.source.numbered_rows():
                 if interrupts.requested:

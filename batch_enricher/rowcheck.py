@@ -20,6 +20,7 @@ depend on more than those cells: a damaged file's rows, and rows whose three cel
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -51,8 +52,8 @@ def is_blank(row: Sequence[Cell]) -> bool:
 class RowCheck:
     """Verdicts for the rows of one input; `check(number, row)` or the `memo` fast path.
 
-    The hot loops read `memo` directly with the three raw cells when `len(row) > top` and the
-    file is not `damaged`; anything else goes through the call.
+    The hot loops read `memo` directly with the three raw cells when `len(row) > top` (never,
+    in a damaged file); anything else goes through the call.
     """
 
     def __init__(
@@ -67,8 +68,9 @@ class RowCheck:
         self._names = names
         self._key = key
         self.damaged = source.damaged
-        #: the highest of the three columns: a row longer than this holds all three
-        self.top = max(self._fields)
+        #: the memo fast path applies to rows longer than this: rows holding all three cells,
+        #: and none at all in a damaged file (whose rows are judged by all their cells)
+        self.top = max(self._fields) if not source.damaged else sys.maxsize
         #: raw (name, ID, mobile) cells → verdict; read directly by the hot loops
         self.memo: dict[tuple[Cell, Cell, Cell], Verdict] = {}
 
