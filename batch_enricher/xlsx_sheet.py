@@ -38,6 +38,8 @@ from batch_enricher.xlsx_cells import CellRenderer, column_letter
 _CHUNK: Final = 1 << 20
 #: Output pieces gathered before one write to the sink.
 _FLUSH_PIECES: Final = 4096
+#: ... or once they hold this many bytes.
+_FLUSH_BYTES: Final = 1 << 20
 #: Bytes that may follow an element's name in a tag.
 _NAME_END: Final = frozenset(b" \t\r\n/>")
 
@@ -96,6 +98,7 @@ class SheetRewriter:
         self._buf = b""
         self._pos = 0
         self._pieces: list[bytes] = []
+        self._held = 0  # bytes of `_pieces` put there by `_emit`
         self._row_no = 0  # number of the last row consumed from the source
         self._last_result = header_row
         self._header_first_col = first_col
@@ -344,12 +347,16 @@ class SheetRewriter:
 
     def _emit(self, piece: bytes) -> None:
         self._pieces.append(piece)
-        if len(self._pieces) >= _FLUSH_PIECES:
+        self._held += len(piece)
+        # Counted in bytes too: copying the rows after the last result emits the buffer a
+        # megabyte at a time, and 4,096 of those held until a flush were the whole sheet.
+        if len(self._pieces) >= _FLUSH_PIECES or self._held >= _FLUSH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         self._write(b"".join(self._pieces))
         self._pieces.clear()
+        self._held = 0
 
 
 @functools.cache
