@@ -336,7 +336,7 @@ class SharedPacer:
             self._refusals.append(slot)
             if self._auto is not None:
                 self._auto.refused(slot, self._server_now())
-        self.forget_slots()
+        self.forget_slots()  # the next slot comes from the schedule, after the cut if any
 
     def forget_slots(self) -> None:
         """Drop the slots reserved and not yet used: the next one comes from the schedule."""
@@ -355,7 +355,7 @@ class SharedPacer:
     def _apply_cut(self) -> None:
         """The driver's controller cut the rate: drop the slots held, so the next reservation
         writes the cut now (the schedule then pauses a window: team_auto.py)."""
-        if self._auto is not None and self._auto.driving and self._auto.rate < self._rate * 0.99:
+        if self._auto is not None and self._auto.cut_pending:
             self.forget_slots()
 
     async def _reserve(self) -> None:
@@ -415,8 +415,10 @@ class SharedPacer:
                     found=None if found is None else float(found),
                 )
             )
-            # The same floats the account's history holds, so a slot counts itself.
-            self._slots.extend(recent[-n:])
+            # The same floats the account's history holds, so a slot counts itself. Slots at
+            # the rate a 10011 just cut are not used: the loop reserves again, writing the cut.
+            if not auto.cut_pending:
+                self._slots.extend(recent[-n:])
         else:
             spacing = SHARED_MARGIN / self._rate
             first = float(last) - (n - 1) * spacing

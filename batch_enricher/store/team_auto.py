@@ -22,8 +22,10 @@ down with it). So (team.py carries it out, in the statements it already makes):
   Its own accepted replies are the driver's sample of the rest: the server's window is the
   account's, so any run's reply says what the window held.
 - **A cut takes effect at a reservation, not at once**: slots other runs already hold were
-  granted at the old rate. Their verdicts describe the moment the cut answered, so everything
-  granted before the first slot at the lowered rate (`_boundary`) is old news to the controller.
+  granted at the old rate. Their verdicts describe the moment the cut answered, so from the
+  cut until the driver's next reservation writes it (`cut_pending`: the driver drops the slots
+  it holds and reserves again at once) every verdict is old news, and so is every slot granted
+  before the first one at the lowered rate (`_boundary`).
 - **Caps.** An auto run registers its `--max-qps` as its `be_runs.qps`, so the account's rate
   is never above the lowest `--max-qps` of the auto runs nor the lowest `--qps` of the fixed
   ones: a run given `--qps 20` keeps the account at 20 at most, and the controller, seeing its
@@ -91,6 +93,7 @@ class AccountAuto:
         self._boundary = -math.inf  # slots before it were granted before the last cut applied
         self._told: dict[float, None] = {}  # 10011 slots already fed, oldest first
         self._last_rate = 0.0
+        self._cut_pending = False
         self._account: RateFound | None = None
 
     @property
@@ -108,6 +111,12 @@ class AccountAuto:
         """The controller's rate (what the driver writes next)."""
         return self._auto.rate
 
+    @property
+    def cut_pending(self) -> bool:
+        """The controller cut the rate and no reservation has written it yet: slots held were
+        granted at the old rate, so drop them and reserve again."""
+        return self._cut_pending
+
     def proposal(self) -> Proposal | None:
         """What to write into `be_account` with the next reservation (None: not driving)."""
         if not self._driving:
@@ -120,8 +129,9 @@ class AccountAuto:
             if slot > self._seen:
                 self._auto.on_sent(slot)
                 self._seen = slot
-        if got.own and got.rate < self._last_rate * _DROP:
+        if got.own and (self._cut_pending or got.rate < self._last_rate * _DROP):
             self._boundary = got.slots[-got.own]  # the first slot at the lowered rate
+        self._cut_pending = False
         self._last_rate = got.rate
         if got.driving and not self._driving and got.account_rate is not None:
             self._auto.adopt(got.account_rate, got.ceiling, got.now)
@@ -132,21 +142,28 @@ class AccountAuto:
         if self._driving:
             for slot in got.refused:
                 self.refused(slot, got.now)
+        self._note_cut()
         while self._told and next(iter(self._told)) < got.now - 2 * HISTORY_S:
             del self._told[next(iter(self._told))]
 
     def accepted(self, slot: float, now: float) -> None:
         """This run's request in `slot` got a reply other than 10011 at `now`."""
-        if self._driving and slot >= self._boundary:
+        if self._driving and not self._cut_pending and slot >= self._boundary:
             self._auto.on_accepted(slot, now)
+            self._note_cut()
 
     def refused(self, slot: float, now: float) -> None:
         """The request in `slot` (any run's) was answered 10011, known at `now`."""
         if not self._driving or slot in self._told:
             return
         self._told[slot] = None
-        if slot >= self._boundary:
+        if not self._cut_pending and slot >= self._boundary:
             self._auto.on_rate_limited(slot, now)
+            self._note_cut()
+
+    def _note_cut(self) -> None:
+        if self._driving and self._auto.rate < self._last_rate * _DROP:
+            self._cut_pending = True
 
     def found(self) -> RateFound | None:
         """What the account's controller found (this run's own when it drives)."""
