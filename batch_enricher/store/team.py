@@ -16,7 +16,8 @@ send slots, breaker deadlines) is the server's `now()`.
   locally (the server's clock mapped onto this host's with the best round trip seen). The
   rate is the lowest `--qps` of the live runs, halved (for all) on a 10011 and recovering as
   the local pacer does; when it drops, the schedule pauses a whole window first, so the
-  slots already given out at the old rate never share a second with the new ones.
+  slots already given out at the old rate never share a second with the new ones. With
+  `--qps auto` runs, one of them drives the rate instead of the halving (team_auto.py).
 - **Shared breakers**: the quota breaker opening (10012) and an account abort (bad key, ...)
   are written to `be_account`; every run reads them with each batch of slots (no extra round
   trip) and stops too. An abort concerns the runs using the same API key (compared by a keyed
