@@ -231,6 +231,22 @@ class AutoRate:
         why = "the limit fell" if fell else "settling under it"
         self._cut(min(target, self._rate), now, f"10011 at {count} in a second, {why}")
 
+    def adopt(self, rate: float, ceiling: int | None, now: float) -> None:
+        """Take over from another controller (a team's previous driver): its rate and ceiling.
+
+        What it sent before `now` is its news, not this one's: older 10011s change nothing.
+        Settled under a known ceiling, the first probe comes `PROBE_FIRST` from now.
+        """
+        self._ceiling = ceiling
+        self._floor = 0
+        self._again = 0
+        self._probing = False
+        self._probe_every = PROBE_FIRST
+        self._probe_at = now + PROBE_FIRST if ceiling is not None else math.inf
+        self._change(_positive("rate", rate), now, "taking over the account's rate")
+        self._cut_at = now
+        self._draining = False
+
     # -- internals -----------------------------------------------------------------------------
 
     def _count(self, at: float) -> int | None:

@@ -323,7 +323,7 @@ def cli() -> None:
     show_default=True,
     help="Requests per second, never exceeded in any one-second window. 'auto' finds the "
     "account's limit (from 10011 replies) and settles just under it; the summary says what "
-    "it found.",
+    "it found. With a team --state, for all the account's runs together.",
 )
 @click.option(
     "--max-qps",

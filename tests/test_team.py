@@ -128,21 +128,6 @@ def test_a_member_with_another_secret_sends_nothing(
     assert len(other.stderr.strip().splitlines()) == 1
 
 
-def test_qps_auto_with_a_team_journal_is_refused_before_sending(
-    sandbox: Callable[..., Served], pg_url: str, tmp_path: Path
-) -> None:
-    server = sandbox()
-    src = write_csv(tmp_path / "in.csv", [list(person(i)) for i in range(5)])
-    argv = enrich_argv(src, tmp_path / "a.csv", pg_url, tmp_path / "a.secret", server.url)
-    argv[argv.index("--qps") + 1] = "auto"
-    member = Member(tmp_path / "a", argv)
-
-    assert member.start().wait() == 1
-    assert server.stats.requests == 0
-    assert "--qps auto" in member.stderr and "Traceback" not in member.stderr
-    assert len(member.stderr.strip().splitlines()) == 1
-
-
 def test_a_member_killed_mid_way_blocks_nobody_for_long(
     sandbox: Callable[..., Served], pg_url: str, tmp_path: Path
 ) -> None:

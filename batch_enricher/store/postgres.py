@@ -143,6 +143,22 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         )""",
         "INSERT INTO be_account (id) VALUES (1)",
     ),
+    # Version 3: `--qps auto` for a team (store/team_auto.py). Columns with defaults only, so
+    # runs of version 2 still running meanwhile go on working (until they restart).
+    3: (
+        # Whether the run was given --qps auto (its `qps` is then its --max-qps).
+        "ALTER TABLE be_runs ADD COLUMN auto boolean NOT NULL DEFAULT false",
+        # The run driving the account's rate, when it last reserved, what its controller says;
+        # the account's slots and 10011s of the last seconds (epoch seconds, in order).
+        """ALTER TABLE be_account
+            ADD COLUMN auto_run     text,
+            ADD COLUMN auto_seen    timestamptz,
+            ADD COLUMN auto_rate    double precision,
+            ADD COLUMN auto_ceiling integer,
+            ADD COLUMN auto_found   double precision,
+            ADD COLUMN recent       double precision[] NOT NULL DEFAULT '{}',
+            ADD COLUMN refused      double precision[] NOT NULL DEFAULT '{}'""",
+    ),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 

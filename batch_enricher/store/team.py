@@ -16,7 +16,8 @@ send slots, breaker deadlines) is the server's `now()`.
   locally (the server's clock mapped onto this host's with the best round trip seen). The
   rate is the lowest `--qps` of the live runs, halved (for all) on a 10011 and recovering as
   the local pacer does; when it drops, the schedule pauses a whole window first, so the
-  slots already given out at the old rate never share a second with the new ones.
+  slots already given out at the old rate never share a second with the new ones. With
+  `--qps auto` runs, one of them drives the rate instead of the halving (team_auto.py).
 - **Shared breakers**: the quota breaker opening (10012) and an account abort (bad key, ...)
   are written to `be_account`; every run reads them with each batch of slots (no extra round
   trip) and stops too. An abort concerns the runs using the same API key (compared by a keyed
@@ -40,8 +41,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from batch_enricher.autorate import RateFound
-from batch_enricher.errors import ConfigError, JournalError
+from batch_enricher.autorate import AUTO, START_RATE, RateFound
+from batch_enricher.errors import JournalError
 from batch_enricher.models import Answer, Status
 from batch_enricher.store.base import Claimed, Limiter, SessionContext, SessionSettings
 from batch_enricher.store.postgres import (
@@ -51,6 +52,7 @@ from batch_enricher.store.postgres import (
     pg_errors,
     psycopg_module,
 )
+from batch_enricher.store.team_auto import DRIVER_HOLD_S, HISTORY_S, AccountAuto, Reserved
 
 if TYPE_CHECKING:
     import psycopg
@@ -88,40 +90,84 @@ QUOTA_HOLD_S: Final = 600.0
 #: Slow-downs (10011) halve the rate; the floor and the recovery are the local pacer's.
 _MIN_RATE_DIVISOR: Final = 50.0
 _RECOVERY_DIVISOR: Final = 20.0
+#: Grants whose verdict may still come, remembered (far more than requests in flight).
+_REMEMBERED: Final = 1024
 #: Seconds a publishing task (abort, quota) may take when the session ends.
 _PUBLISH_WAIT_S: Final = 5.0
 #: Runs and claims silent this much longer than their lease are deleted by the next run.
 _FORGET_AFTER: Final = "1 hour"
 
 # The rate every run computes the same way, in SQL, from the row being updated (`a`) and the
-# base (`b`: the lowest --qps of the live runs, and the statement's now()).
-_RATE: Final = (
+# base (`b`: the lowest --qps of the live runs, whether any of them is auto, the statement's
+# now()). Everything reads `a` in the SET expressions themselves, never in a CTE: a CTE would
+# read the row as it was before a concurrent reservation committed; the SET sees the new one.
+# Without --qps auto: the lowest --qps, halved on 10011 and recovering (`_HALVED`).
+_HALVED: Final = (
     "(CASE WHEN a.slow_at IS NULL THEN b.qps ELSE least(b.qps, "
     f"greatest(b.qps / {_MIN_RATE_DIVISOR}, a.slow_rate) + b.qps / {_RECOVERY_DIVISOR} "
     "* extract(epoch FROM b.t - a.slow_at)::float8) END)"
 )
+# Whether this run drives the account's controller after this statement (team_auto.py).
+_DRIVES: Final = (
+    "(%(auto)s AND (a.auto_run IS NULL OR a.auto_run = %(run)s "
+    "OR a.auto_seen < b.t - %(hold)s * interval '1 second'))"
+)
+_AUTO: Final = (
+    f"(CASE WHEN {_DRIVES} AND %(rate)s::float8 IS NOT NULL THEN %(rate)s::float8 "
+    "ELSE a.auto_rate END)"
+)
+# With an auto run live: the driver's rate under the lowest --qps; a driver gone silent leaves
+# its last rate, and the halving of 10011s applies under it until another takes over.
+_RATE: Final = (
+    f"(CASE WHEN NOT b.auto THEN {_HALVED} "
+    f"WHEN {_DRIVES} OR a.auto_seen >= b.t - %(hold)s * interval '1 second' "
+    f"THEN least(b.qps, coalesce({_AUTO}, %(start)s)) "
+    f"ELSE least({_HALVED}, coalesce({_AUTO}, %(start)s)) END)"
+)
+_FIRST: Final = f"""greatest(
+        b.t,
+        a.last_slot + (CASE WHEN {_RATE} < a.last_rate * 0.99 THEN %(window)s
+                            ELSE %(margin)s / {_RATE} END) * interval '1 second')"""
 _BASE: Final = """
 WITH b AS (
-    SELECT least(%(qps)s, coalesce(min(qps), %(qps)s)) AS qps, now() AS t
+    SELECT least(%(qps)s, coalesce(min(qps), %(qps)s)) AS qps,
+        coalesce(bool_or(auto), false) OR %(auto)s AS auto, now() AS t
     FROM be_runs WHERE last_seen + lease * interval '1 second' > now()
 )"""
 _RESERVE: Final = f"""{_BASE}
 UPDATE be_account a SET
     last_rate = {_RATE},
-    last_slot = greatest(
-        b.t,
-        a.last_slot + (CASE WHEN {_RATE} < a.last_rate * 0.99 THEN %(window)s
-                            ELSE %(margin)s / {_RATE} END) * interval '1 second'
-    ) + (%(n)s - 1) * (%(margin)s / {_RATE}) * interval '1 second'
+    last_slot = {_FIRST} + (%(n)s - 1) * (%(margin)s / {_RATE}) * interval '1 second',
+    auto_run = CASE WHEN {_DRIVES} THEN %(run)s ELSE a.auto_run END,
+    auto_seen = CASE WHEN {_DRIVES} THEN b.t ELSE a.auto_seen END,
+    auto_rate = {_AUTO},
+    auto_ceiling = CASE WHEN {_DRIVES} AND %(rate)s::float8 IS NOT NULL THEN %(ceiling)s::integer
+                        ELSE a.auto_ceiling END,
+    auto_found = CASE WHEN {_DRIVES} AND %(rate)s::float8 IS NOT NULL THEN %(found)s::float8
+                      ELSE a.auto_found END,
+    recent = CASE WHEN NOT b.auto THEN '{{}}'::float8[] ELSE array(
+        SELECT x FROM unnest(a.recent || array(
+            SELECT extract(epoch FROM {_FIRST})::float8 + i * (%(margin)s / {_RATE})
+            FROM generate_series(0, %(n)s - 1) i)) x
+        WHERE x > extract(epoch FROM b.t)::float8 - %(history)s ORDER BY x) END
 FROM b WHERE a.id = 1
 RETURNING extract(epoch FROM a.last_slot)::float8, a.last_rate, extract(epoch FROM b.t)::float8,
     a.quota_until > b.t, a.quota_reason, extract(epoch FROM a.quota_until)::float8,
     CASE WHEN a.abort_at >= %(started)s AND a.abort_key = %(tag)s THEN a.abort_code END,
-    a.abort_reason"""
+    a.abort_reason, a.auto_run IS NOT DISTINCT FROM %(run)s, a.auto_rate, a.auto_ceiling,
+    a.auto_found, array(SELECT x FROM unnest(a.recent) x
+                        WHERE x > coalesce(%(seen)s::float8, '-infinity') ORDER BY x),
+    a.refused"""
 _SLOW_DOWN: Final = f"""{_BASE}
-UPDATE be_account a SET slow_rate = greatest(b.qps / {_MIN_RATE_DIVISOR}, {_RATE} * 0.5),
+UPDATE be_account a SET slow_rate = greatest(b.qps / {_MIN_RATE_DIVISOR}, {_HALVED} * 0.5),
     slow_at = b.t
 FROM b WHERE a.id = 1 AND (a.slow_at IS NULL OR a.slow_at < b.t - interval '1 second')"""
+# 10011s, for the driver of --qps auto (team_auto.py): the slots refused, in order.
+_REFUSED: Final = """
+UPDATE be_account SET refused = array(
+    SELECT x FROM unnest(refused || %(slots)s::float8[]) x
+    WHERE x > extract(epoch FROM now())::float8 - %(history)s ORDER BY x)
+WHERE id = 1"""
 _CLAIM: Final = """
 INSERT INTO be_claims (key, run_id, expires)
 SELECT w.key, %(run)s, now() + %(lease)s * interval '1 second'
@@ -154,13 +200,13 @@ WITH old AS (
     DELETE FROM be_runs
     WHERE last_seen + lease * interval '1 second' + interval '{_FORGET_AFTER}' < now()),
 stale AS (DELETE FROM be_claims WHERE expires + interval '{_FORGET_AFTER}' < now())
-INSERT INTO be_runs (id, host, username, pid, lease, qps)
-VALUES (%(run)s, %(host)s, %(user)s, %(pid)s, %(lease)s, %(qps)s)
+INSERT INTO be_runs (id, host, username, pid, lease, qps, auto)
+VALUES (%(run)s, %(host)s, %(user)s, %(pid)s, %(lease)s, %(qps)s, %(auto)s)
 RETURNING started"""
 _HEARTBEAT: Final = """
-INSERT INTO be_runs (id, host, username, pid, lease, qps, started, rate, calls, billed)
-VALUES (%(run)s, %(host)s, %(user)s, %(pid)s, %(lease)s, %(qps)s, %(started)s, %(rate)s,
-        %(calls)s, %(billed)s)
+INSERT INTO be_runs (id, host, username, pid, lease, qps, auto, started, rate, calls, billed)
+VALUES (%(run)s, %(host)s, %(user)s, %(pid)s, %(lease)s, %(qps)s, %(auto)s, %(started)s,
+        %(rate)s, %(calls)s, %(billed)s)
 ON CONFLICT (id) DO UPDATE SET last_seen = now(), rate = EXCLUDED.rate,
     calls = EXCLUDED.calls, billed = EXCLUDED.billed"""
 _RENEW: Final = (
@@ -207,8 +253,14 @@ class SharedPacer:
         tag: bytes,
         control: RunControl,
         clock: Callable[[], float] | None = None,
+        auto: AccountAuto | None = None,
+        run_id: str = "",
     ) -> None:
         self._conn = conn
+        self._auto = auto
+        self._run_id = run_id
+        self._sent: dict[float, float] = {}  # grant time (local) -> its slot (server epoch)
+        self._refusals: list[float] = []  # 10011 slots not yet reported
         self._url = url
         self._qps = qps
         self._concurrency = max(1, concurrency)
@@ -233,11 +285,20 @@ class SharedPacer:
 
     @property
     def controlled(self) -> bool:
-        """Never: the account's rate is the lowest `--qps` of the live runs."""
-        return False
+        """Whether this run takes part in `--qps auto` (team_auto.py)."""
+        return self._auto is not None
+
+    def found(self) -> RateFound | None:
+        """What the account's `--qps auto` found (None for a run with a fixed --qps)."""
+        return self._auto.found() if self._auto is not None else None
 
     def accepted(self, sent_at: float) -> None:
-        """Nothing to learn from an accepted request: the rate is given."""
+        """Under `--qps auto`, the driver learns from it; otherwise the rate is given."""
+        slot = self._sent.pop(sent_at, None)
+        if self._auto is None or slot is None:
+            return
+        self._auto.accepted(slot, self._server_now())
+        self._apply_cut()
 
     def backlog(self) -> float:
         """Seconds of this run's reserved slots not yet used."""
@@ -250,7 +311,8 @@ class SharedPacer:
                 if not self._slots:
                     await self._reserve()
                     continue
-                at = self._slots[0] - self._offset
+                slot = self._slots[0]
+                at = slot - self._offset
                 now = self._clock()
                 if now < at:
                     await asyncio.sleep(at - now)  # cancelled here, the slot stays for the next
@@ -260,19 +322,47 @@ class SharedPacer:
                     self.dropped += 1
                     continue
                 self.granted += 1
+                self._remember(now, slot)
                 return now
 
     def slow_down(self, sent_at: float | None = None) -> None:
-        """On 10011: halve the account's rate (once per window for all runs) from the next slot."""
+        """On 10011: halve the account's rate (once per window for all runs) from the next slot.
+
+        The slot goes to `be_account.refused` too, for the driver of `--qps auto`; when this run
+        drives, its controller decides at once.
+        """
         self._slow_pending = True
-        self.forget_slots()
+        slot = None if sent_at is None else self._sent.pop(sent_at, None)
+        if slot is not None:
+            self._refusals.append(slot)
+            if self._auto is not None:
+                self._auto.refused(slot, self._server_now())
+        self.forget_slots()  # the next slot comes from the schedule, after the cut if any
 
     def forget_slots(self) -> None:
         """Drop the slots reserved and not yet used: the next one comes from the schedule."""
         self._slots.clear()
 
+    def _server_now(self) -> float:
+        return self._clock() + self._offset
+
+    def _remember(self, granted: float, slot: float) -> None:
+        """Which slot a grant used: verdicts come back by grant time, the account counts slots."""
+        sent = self._sent
+        sent[granted] = slot
+        if len(sent) > _REMEMBERED:  # verdicts that never came (a lost reply): the oldest go
+            del sent[next(iter(sent))]
+
+    def _apply_cut(self) -> None:
+        """The driver's controller cut the rate: drop the slots held, so the next reservation
+        writes the cut now (the schedule then pauses a window: team_auto.py)."""
+        if self._auto is not None and self._auto.cut_pending:
+            self.forget_slots()
+
     async def _reserve(self) -> None:
         n = max(1, min(self._concurrency, math.ceil(self._rate * BATCH_S)))
+        auto = self._auto
+        proposal = auto.proposal() if auto is not None else None
         params = {
             "qps": self._qps,
             "n": n,
@@ -280,26 +370,60 @@ class SharedPacer:
             "window": SHARED_MARGIN,
             "started": self._started,
             "tag": self._tag,
+            "run": self._run_id,
+            "auto": auto is not None,
+            "hold": DRIVER_HOLD_S,
+            "history": HISTORY_S,
+            "start": START_RATE,
+            "rate": None if proposal is None else proposal.rate,
+            "ceiling": None if proposal is None else proposal.ceiling,
+            "found": None if proposal is None else proposal.found,
+            "seen": None if auto is None else auto.seen,
+            "slots": self._refusals,
         }
         with pg_errors(self._url, "pace with", sent=True):
             if self._slow_pending:
                 self._slow_pending = False
                 await self._conn.execute(_SLOW_DOWN, params)
+            if self._refusals:
+                await self._conn.execute(_REFUSED, params)
+                self._refusals = []
             sent = self._clock()
             cur = await self._conn.execute(_RESERVE, params)
             row = await cur.fetchone()
             back = self._clock()
         if row is None:
             raise JournalError(f"the team journal {self._url} has no be_account row")
-        last, rate, server_now, quota_open, quota_reason, quota_until, abort, abort_reason = row
+        last, rate, server_now, quota_open, quota_reason, quota_until, abort, abort_reason = row[:8]
         rtt = back - sent
         if rtt <= self._best_rtt:  # the shortest round trip maps the clocks best
             self._best_rtt = rtt
             self._offset = float(server_now) - (sent + back) / 2
         self._rate = float(rate)
-        spacing = SHARED_MARGIN / self._rate
-        first = float(last) - (n - 1) * spacing
-        self._slots.extend(first + i * spacing for i in range(n))
+        if auto is not None:
+            driving, account_rate, ceiling, found, recent, refused = row[8:]
+            recent = [float(x) for x in recent]
+            auto.reserved(
+                Reserved(
+                    now=float(server_now),
+                    rate=self._rate,
+                    slots=recent,
+                    own=min(n, len(recent)),
+                    refused=[float(x) for x in refused],
+                    driving=bool(driving),
+                    account_rate=None if account_rate is None else float(account_rate),
+                    ceiling=None if ceiling is None else int(ceiling),
+                    found=None if found is None else float(found),
+                )
+            )
+            # The same floats the account's history holds, so a slot counts itself. Slots at
+            # the rate a 10011 just cut are not used: the loop reserves again, writing the cut.
+            if not auto.cut_pending:
+                self._slots.extend(recent[-n:])
+        else:
+            spacing = SHARED_MARGIN / self._rate
+            first = float(last) - (n - 1) * spacing
+            self._slots.extend(first + i * spacing for i in range(n))
         self.reservations += 1
         if abort is not None:
             self._control.abort(
@@ -392,8 +516,8 @@ class TeamSession:
         return self._commits
 
     def found(self) -> RateFound | None:
-        """A team runs at the account's given rate: nothing to find."""
-        return None
+        """What the account's `--qps auto` found (None with a fixed --qps)."""
+        return self._pacer.found()
 
     async def record(self, key: bytes, answer: Answer) -> None:
         """Store the answer and drop the claim, in one statement (committed on return)."""
@@ -445,7 +569,7 @@ class TeamSession:
                 log.warning("heartbeat: %s", exc)
 
     async def _beat(self, started: datetime, rate: float) -> None:
-        params = self._store.identity(self.run_id, _given_rate(self._settings))
+        params = self._store.identity(self.run_id, self._settings)
         params |= {
             "started": started,
             "rate": rate,
@@ -486,15 +610,16 @@ class TeamStore:
         """Register the run, heartbeat, pace on the account's schedule; leave on exit."""
         return self._session(settings, control, stats)
 
-    def identity(self, run_id: str, qps: float) -> dict[str, Any]:
-        """This run's row in `be_runs`: who and where it is."""
+    def identity(self, run_id: str, settings: SessionSettings) -> dict[str, Any]:
+        """This run's row in `be_runs`: who and where it is, its --qps (or --max-qps)."""
         return {
             "run": run_id,
             "host": socket.gethostname(),
             "user": _user(),
             "pid": os.getpid(),
             "lease": self.lease,
-            "qps": qps,
+            "qps": _given_rate(settings),
+            "auto": settings.qps == AUTO,
         }
 
     @contextlib.asynccontextmanager
@@ -509,7 +634,7 @@ class TeamStore:
         try:
             pace_conn = await _connect(url)  # its own: slots must not queue behind answers
             with pg_errors(url, "register the run in"):
-                cur = await conn.execute(_REGISTER, self.identity(run_id, qps))
+                cur = await conn.execute(_REGISTER, self.identity(run_id, settings))
                 row = await cur.fetchone()
             assert row is not None
             started: datetime = row[0]
@@ -522,6 +647,8 @@ class TeamStore:
                 started=started,
                 tag=tag,
                 control=control,
+                auto=AccountAuto(settings.max_qps) if settings.qps == AUTO else None,
+                run_id=run_id,
             )
             session = TeamSession(self, conn, pacer, run_id, settings, stats)
             control.shared = session
@@ -567,11 +694,5 @@ def open_team_store(url: TeamUrl, options: StoreOptions) -> TeamStore:
 
 
 def _given_rate(settings: SessionSettings) -> float:
-    """The account's rate this run was given; `--qps auto` does not drive the shared schedule."""
-    if settings.qps == "auto":
-        raise ConfigError(
-            "--qps auto does not work with a shared --state yet: the runs share the account's "
-            "schedule, so give the account's rate, e.g. --qps 20 (a solo run with --qps auto "
-            "prints the rate it found)"
-        )
-    return settings.qps
+    """The rate this run caps the account at: its --qps, or under `--qps auto` its --max-qps."""
+    return settings.max_qps if settings.qps == AUTO else settings.qps
