@@ -25,8 +25,6 @@ stays a few microseconds.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import secrets
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from itertools import islice
@@ -35,6 +33,7 @@ from typing import Final, Self
 
 from batch_enricher.errors import ScratchError
 from batch_enricher.models import Outcome, Person, Status
+from batch_enricher.sealing import Sealer
 
 __all__ = ["Spill"]
 
@@ -62,7 +61,7 @@ class Spill:
     """A private scratch store for one run; `with Spill() as spill: ...` (closed, it is gone)."""
 
     def __init__(self, *, cache_kib: int = _CACHE_KIB) -> None:
-        self._seal_key = secrets.token_bytes(32)
+        self._seal = Sealer()
         self._marks: list[tuple[int, str | None, int | None, str | None, bytes]] = []
         self._marked = 0  # marks ever made: none means the write pass needs no look-up here
         with _errors("open"):
@@ -206,27 +205,18 @@ class Spill:
             marks,
         )
 
-    def _pad(self, key: bytes, size: int) -> bytes:
-        # The seal key never leaves memory; the HMAC key is unique per row, so no pad repeats.
-        return hashlib.shake_256(self._seal_key + key).digest(size)
-
     def _sealed(self, key: bytes, person: Person | None) -> bytes | None:
         if person is None:
             return None
         # ID and mobile are normalised digits (and X): the name, last, may hold anything.
         plain = f"{person.idcard}\0{person.mobile}\0{person.realname}".encode()
-        return _xor(plain, self._pad(key, len(plain)))
+        # The HMAC key is unique per row: it is the nonce.
+        return self._seal(key, plain)
 
     def _unsealed(self, key: bytes, sealed: bytes) -> Person:
-        plain = _xor(sealed, self._pad(key, len(sealed))).decode()
+        plain = self._seal(key, sealed).decode()
         idcard, mobile, realname = plain.split("\0", 2)
         return Person(realname=realname, idcard=idcard, mobile=mobile)
-
-
-def _xor(data: bytes, pad: bytes) -> bytes:
-    return (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(
-        len(data), "little"
-    )
 
 
 def _chunks(keys: Collection[bytes]) -> Iterator[list[bytes]]:
