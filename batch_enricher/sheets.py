@@ -4,9 +4,10 @@ python-calamine reads both formats (in Rust: about 13 times faster than openpyxl
 100,000-row sheet) and Strict Open XML workbooks too. It holds a whole sheet in memory as a
 dense rectangle (about 90 bytes a cell), so an .xlsx sheet's XML is first scanned for its real
 extent (streamed, with a regular expression in C; the recorded `<dimension>` is not trusted):
-a sheet whose rectangle exceeds `CALAMINE_MAX_CELLS` (a very long sheet, or one stray cell in
-column XFD far down) is streamed by openpyxl's sheet parser instead, one row at a time, empty
-cells skipped, so such a sheet costs time in proportion to its cells, never to its rectangle.
+a sheet whose rectangle exceeds `CALAMINE_MAX_CELLS` (a long sheet, or one stray cell in
+column XFD far down) is streamed by `xlsx_rows.py` instead, a chunk of rows at a time, empty
+cells skipped, so such a sheet costs memory in proportion to neither its rows nor its
+rectangle. The two readers give the same cells (tests/test_xlsx_rows.py).
 An .xls sheet is at most 65,536 x 256 cells and always goes to calamine.
 
 Cells: text is `str`; empty cells are None; numbers are `int` when whole (a whole number of 16
@@ -36,7 +37,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import warnings
 import zipfile
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -49,8 +49,9 @@ from batch_enricher.errors import InputError
 
 Cell = str | int | float | bool | dt.datetime | dt.date | dt.time | None
 
-#: Largest rectangle (rows x columns) of an .xlsx sheet handed to calamine.
-CALAMINE_MAX_CELLS: Final = 4_000_000
+#: Largest rectangle (rows x columns) of an .xlsx sheet handed to calamine: about 20 MB of
+#: memory there (calamine holds the whole sheet); a larger sheet is streamed (`xlsx_rows.py`).
+CALAMINE_MAX_CELLS: Final = 200_000
 #: Excel's grid.
 MAX_ROWS: Final = 1_048_576
 MAX_COLUMNS: Final = 16_384
@@ -72,8 +73,9 @@ _WIDE_VALUE_CELL: Final = re.compile(
 )
 # Cheap test first: any reference to a column past Z at all (most sheets have none).
 _WIDE_REF: Final = re.compile(rb"r=\"[A-Z]{2,3}[0-9]")  # literal-led: fast
-#: A sheet part larger than this (uncompressed) is streamed whatever its extent.
-CALAMINE_MAX_XML: Final = 256 << 20
+#: A sheet part larger than this (uncompressed) is streamed, its extent unscanned: no sheet
+#: this large fits in `CALAMINE_MAX_CELLS` (a cell takes 20 bytes of XML or more).
+CALAMINE_MAX_XML: Final = 8 << 20
 _OVERLAP: Final = 256
 
 
@@ -82,7 +84,7 @@ class Sheet:
     """A sheet chosen in a workbook, and how to read it."""
 
     name: str
-    engine: str  # "calamine" | "openpyxl"
+    engine: str  # "calamine" | "stream" (xlsx_rows.py)
     strict: bool = False  # an .xlsx saved as Strict Open XML
 
 
@@ -109,18 +111,15 @@ def choose_sheet(path: Path, fmt: str, sheet: str | int | None) -> Sheet:
     strict, rows, columns = _xlsx_extent(path, name)
     if rows * columns <= CALAMINE_MAX_CELLS:
         return Sheet(name, "calamine", strict)
-    if strict:
-        raise InputError(
-            f"{path} was saved as Strict Open XML and its sheet {name!r} is too large to read "
-            "that way: save it as Excel Workbook (.xlsx)"
-        )
-    return Sheet(name, "openpyxl")
+    return Sheet(name, "stream", strict)
 
 
 def sheet_rows(path: Path, fmt: str, sheet: Sheet) -> Generator[list[Cell], None, None]:
     """Every row of the sheet from row 1 (empty rows as []), trailing empty cells dropped."""
-    if sheet.engine == "openpyxl":
-        return _openpyxl_rows(path, sheet.name)
+    if sheet.engine == "stream":
+        from batch_enricher.xlsx_rows import stream_rows
+
+        return stream_rows(path, sheet.name)
     return _calamine_rows(path, fmt, sheet.name)
 
 
@@ -195,7 +194,8 @@ def _is_panic(exc: BaseException) -> bool:
     return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
 
 
-def _broken(path: Path, fmt: str) -> InputError:
+def broken(path: Path, fmt: str) -> InputError:
+    """The one-line error for a workbook that cannot be read."""
     if fmt == "xls":
         return InputError(
             f"{path} is not a readable .xls file (damaged or cut short): open it in Excel and "
@@ -230,7 +230,7 @@ def _rust_call(path: Path, fmt: str) -> Iterator[None]:
             if not _is_panic(exc):
                 raise
             panicked = True
-            raise _broken(path, fmt) from None
+            raise broken(path, fmt) from None
         finally:
             if saved >= 0:
                 os.dup2(saved, 2)
@@ -289,11 +289,11 @@ def _probe_xls(path: Path) -> None:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise _broken(path, "xls") from None
+        raise broken(path, "xls") from None
     except OSError:
         return  # no child can be started here: read it in-process, as before
     if done.returncode != 0:
-        raise _broken(path, "xls")
+        raise broken(path, "xls")
     _PROBED.add(key)
 
 
@@ -327,7 +327,7 @@ def _open_calamine(path: Path, fmt: str) -> Any:
     except python_calamine.ZipError:
         raise InputError(f"{path} is not a valid .xlsx file (corrupt or not a workbook)") from None
     except (python_calamine.CalamineError, ValueError, OSError):
-        raise _broken(path, fmt) from None
+        raise broken(path, fmt) from None
 
 
 def _calamine_rows(path: Path, fmt: str, name: str) -> Generator[list[Cell], None, None]:
@@ -339,16 +339,21 @@ def _calamine_rows(path: Path, fmt: str, name: str) -> Generator[list[Cell], Non
             with _rust_call(path, fmt):
                 sheet = workbook.get_sheet_by_name(name)
         except (python_calamine.CalamineError, ValueError):
-            raise _broken(path, fmt) from None
+            raise broken(path, fmt) from None
         start = sheet.start
         lead = start[1] if start is not None else 0
         try:
             # Rows come from row 1, but columns from the first used one: put the lead back.
             for values in sheet.iter_rows():
                 yield _calamine_row(values, lead)
+        except OverflowError:  # python-calamine's timedelta of a duration beyond 10⁹ days
+            raise InputError(
+                f"{path} holds a duration cell too large to read (over a billion days): "
+                "correct it in Excel and save it again"
+            ) from None
         except BaseException as exc:
             if _is_panic(exc):
-                raise _broken(path, fmt) from None
+                raise broken(path, fmt) from None
             raise
     finally:
         workbook.close()
@@ -412,7 +417,7 @@ def _xlsx_extent(path: Path, name: str) -> tuple[bool, int, int]:
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, ElementTree.ParseError, ValueError):
         raise InputError(f"{path} is not a valid .xlsx file (corrupt or not a workbook)") from None
     except Exception:  # zlib.error and the like, from a damaged part
-        raise _broken(path, "xlsx") from None
+        raise broken(path, "xlsx") from None
 
 
 def _last_value_row(data: bytes) -> int:
@@ -480,73 +485,3 @@ def _sheet_part(package: zipfile.ZipFile, name: str) -> tuple[bool, str | None]:
                 return strict, target.lstrip("/")
             return strict, posixpath.normpath(posixpath.join(folder, target))
     return strict, None
-
-
-# --- openpyxl, for sheets too large for calamine's rectangle ------------------------------------
-
-
-def _openpyxl_rows(path: Path, name: str) -> Generator[list[Cell], None, None]:
-    """Stream a sheet with openpyxl's parser, building each row from its non-empty cells.
-
-    `iter_rows` would pad every row to the sheet's width (16,384 cells a row for a sheet with
-    one cell in column XFD); the parser underneath yields only the cells the XML holds.
-    """
-    from openpyxl import load_workbook
-    from openpyxl.worksheet._reader import WorkSheetParser
-
-    source: Path | io.BytesIO = path
-    if path.suffix.lower() not in (".xlsx", ".xlsm"):
-        source = io.BytesIO(path.read_bytes())  # openpyxl goes by the name, too
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # openpyxl warns about parts it drops; we read values
-            workbook: Any = load_workbook(source, read_only=True, data_only=True)
-    except Exception:
-        raise _broken(path, "xlsx") from None
-    try:
-        worksheet: Any = workbook[name]
-        number = 0
-        with warnings.catch_warnings(), worksheet._get_source() as xml:
-            warnings.simplefilter("ignore")
-            parser = WorkSheetParser(
-                xml,
-                worksheet._shared_strings,
-                data_only=True,
-                epoch=workbook.epoch,
-                date_formats=workbook._date_formats,
-                timedelta_formats=workbook._timedelta_formats,
-            )
-            for index, cells in parser.parse():
-                while number + 1 < index:
-                    number += 1
-                    yield []
-                number += 1
-                yield _openpyxl_row(cells)
-    except InputError:
-        raise
-    except Exception:  # a broken sheet part fails only when it is read
-        raise _broken(path, "xlsx") from None
-    finally:
-        workbook.close()
-
-
-def _openpyxl_row(cells: list[dict[str, Any]]) -> list[Cell]:
-    values = {
-        cell["column"]: cell["value"]
-        for cell in cells
-        if cell["value"] is not None and cell["data_type"] != "e"
-    }
-    if not values:
-        return []
-    row: list[Cell] = [None] * max(values)
-    for column, value in values.items():
-        if isinstance(value, float):
-            value = whole(value)
-        elif isinstance(value, dt.datetime) and value.time() == dt.time():
-            value = value.date()
-        elif isinstance(value, dt.timedelta):
-            value = str(value)
-        elif value == "":
-            value = None
-        row[column - 1] = value
-    return _trimmed(row)

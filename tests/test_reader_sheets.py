@@ -157,13 +157,16 @@ def test_a_strict_open_xml_workbook_is_read(
     assert capfd.readouterr().err == "" and len(recwarn) == 0
 
 
-def test_a_strict_workbook_too_large_for_calamine_is_refused_clearly(
+def test_a_strict_workbook_too_large_for_calamine_is_streamed_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = strict_ooxml(_xlsx(tmp_path / "p.xlsx", [HEADER, PERSON]), tmp_path / "strict.xlsx")
+    by_calamine = list(open_source(path).rows())
     monkeypatch.setattr(sheets, "CALAMINE_MAX_CELLS", 2)
-    with pytest.raises(InputError, match=r"saved as Strict Open XML .* save it as Excel Workbook"):
-        open_source(path)
+    source = open_source(path)
+    assert source._sheet == sheets.Sheet("名单", "stream", strict=True)
+    assert source.headers == HEADER
+    assert list(source.rows()) == by_calamine == [PERSON]
 
 
 def test_an_empty_first_sheet_points_at_the_others(tmp_path: Path) -> None:
@@ -183,8 +186,8 @@ def test_an_empty_first_sheet_points_at_the_others(tmp_path: Path) -> None:
 
 
 def test_one_cell_in_column_xfd_far_down_is_streamed_not_padded(tmp_path: Path) -> None:
-    # calamine would hold a 3,000 x 16,384 rectangle (1.5 GB); openpyxl's iter_rows would pad
-    # every row to 16,384 cells. Streamed: each row as long as its own cells.
+    # calamine would hold a 3,000 x 16,384 rectangle (1.5 GB). Streamed: each row as long as
+    # its own cells.
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     assert sheet is not None
@@ -195,7 +198,7 @@ def test_one_cell_in_column_xfd_far_down_is_streamed_not_padded(tmp_path: Path) 
     path = tmp_path / "sparse.xlsx"
     workbook.save(path)
     source = open_source(path)
-    assert source._sheet is not None and source._sheet.engine == "openpyxl"
+    assert source._sheet is not None and source._sheet.engine == "stream"
     rows = list(source.rows())
     assert len(rows) == 2999
     assert all(len(row) == 3 for row in rows[:-1])
@@ -232,7 +235,7 @@ def test_both_engines_read_the_same_cells(tmp_path: Path, monkeypatch: pytest.Mo
     path = _xlsx(tmp_path / "typed.xlsx", rows)
     by_calamine = _read(path)
     monkeypatch.setattr(sheets, "CALAMINE_MAX_CELLS", 1)
-    assert open_source(path)._sheet == sheets.Sheet("名单", "openpyxl")
+    assert open_source(path)._sheet == sheets.Sheet("名单", "stream")
     assert _read(path) == by_calamine
     assert by_calamine == [
         [
