@@ -25,9 +25,9 @@ from batch_enricher.store.base import Journal
 from batch_enricher.summary import FileSummary, RunSummary
 
 LOOKUP_BATCH: Final = 500  # keys per journal (and spill) look-up while planning and writing
-MEMO_SIZE: Final = 1 << 16  # people's results kept in memory at most in the write pass
+MEMO_SIZE: Final = 1 << 14  # people's results kept in memory at most in the write pass
 #: People whose planning state is cached in memory at most; the rest is in the spill only.
-_CACHE_SIZE: Final = 1 << 16
+_CACHE_SIZE: Final = 1 << 14
 _NOTE_EVERY: Final = 50_000  # rows between "planning: N rows read" notes
 
 

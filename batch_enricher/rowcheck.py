@@ -34,7 +34,7 @@ from batch_enricher.validate import check
 __all__ = ["MEMO_SIZE", "RowCheck", "Verdict", "is_blank"]
 
 #: Rows' verdicts kept in memory at most (emptied when full).
-MEMO_SIZE: Final = 1 << 16
+MEMO_SIZE: Final = 1 << 14
 
 #: None for a blank row, else the row's `Invalid` or `Person`, and the person's journal key.
 Verdict = tuple[Person | Invalid | None, bytes | None]

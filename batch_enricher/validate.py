@@ -218,7 +218,7 @@ def _compose(text: str) -> str:
 # typed=True keeps 13812345678 (int) and 13812345678.0 (float) apart from the text, which matters
 # for IDs: a numeric ID cell is judged differently from the same digits as text. The memo is the
 # public function itself: a wrapper around it would cost one more Python call on every row.
-@functools.lru_cache(maxsize=65536, typed=True)
+@functools.lru_cache(maxsize=1 << 14, typed=True)
 def check(realname: object, idcard: object, mobile: object) -> Person | Invalid:
     """Normalise and validate one row's cells (str, or int/float/bool/datetime/None from Excel).
 
