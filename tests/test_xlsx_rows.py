@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import random
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
 import xlsxwriter
+from click.testing import Result
 
 from batch_enricher import sheets, xlsx_rows
 from batch_enricher.errors import InputError
@@ -420,3 +422,54 @@ def test_a_small_table_never_touches_the_disk() -> None:
         assert (table[0], table[1], table._file) == ("a", "b", None)
         with pytest.raises(IndexError):
             table[2]
+
+
+# --- through enrich -------------------------------------------------------------------------
+
+
+def _values(path: Path, sheet: str) -> list[tuple[Any, ...]]:
+    workbook = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return [tuple(row) for row in workbook[sheet].iter_rows(values_only=True)]
+    finally:
+        workbook.close()
+
+
+SAMPLE = Path(__file__).parent.parent / "sample_data" / "customers.xlsx"
+
+
+def _with_shared_strings(path: Path) -> Path:
+    """The sample (inline strings, as openpyxl saves) as Excel and XlsxWriter save it."""
+    rows = list(sheets.sheet_rows(SAMPLE, "xlsx", sheets.Sheet("客户", "calamine")))
+    book = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False})
+    sheet = book.add_worksheet("客户")
+    for r, row in enumerate(rows):
+        sheet.write_row(r, 0, row)
+    book.close()
+    return path
+
+
+@pytest.mark.parametrize("strings", ["inline", "shared"])
+@pytest.mark.parametrize("out", ["out.xlsx", "out.csv"])
+def test_enrich_gives_the_same_file_whichever_reader_reads_the_sheet(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run: Callable[..., Result],
+    out: str,
+    strings: str,
+) -> None:
+    src = SAMPLE if strings == "inline" else _with_shared_strings(tmp_path / "shared.xlsx")
+    assert run("enrich", str(src), "--sandbox", "-o", str(tmp_path / "fill.xlsx")).exit_code == 0
+    # Every answer is in the journal now: both runs below write the very same results.
+    by_calamine = run("enrich", str(src), "--sandbox", "-o", str(tmp_path / f"a.{out}"))
+    monkeypatch.setattr(sheets, "CALAMINE_MAX_CELLS", 1)
+    assert open_source(src)._sheet is not None and open_source(src)._sheet.engine == "stream"
+    streamed = run("enrich", str(src), "--sandbox", "-o", str(tmp_path / f"b.{out}"))
+    assert (by_calamine.exit_code, streamed.exit_code) == (0, 0)
+    a, b = tmp_path / f"a.{out}", tmp_path / f"b.{out}"
+    if out.endswith(".csv"):
+        assert a.read_bytes() == b.read_bytes()
+    else:
+        name = sheets.worksheet_names(src, "xlsx")[0]
+        assert _values(a, name) == _values(b, name)
+        assert len(_values(a, name)) > 40
