@@ -16,7 +16,9 @@ send slots, breaker deadlines) is the server's `now()`.
   locally (the server's clock mapped onto this host's with the best round trip seen). The
   rate is the lowest `--qps` of the live runs, halved (for all) on a 10011 and recovering as
   the local pacer does; when it drops, the schedule pauses a whole window first, so the
-  slots already given out at the old rate never share a second with the new ones. With
+  slots already given out at the old rate never share a second with the new ones. A run
+  answered 10011 writes it at once and NOTIFYs `REFUSED_CHANNEL`: every run (listening on a
+  connection of its own) drops the slots it holds, granted before anyone knew. With
   `--qps auto` runs, one of them drives the rate instead of the halving (team_auto.py).
 - **Shared breakers**: the quota breaker opening (10012) and an account abort (bad key, ...)
   are written to `be_account`; every run reads them with each batch of slots (no extra round
