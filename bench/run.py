@@ -28,6 +28,9 @@ and peak RSS, nothing else's):
     limits it is not told (10, 40 and 100/s, and 40/s dropping to 20/s halfway), each stopped
     with Ctrl-C after `--auto-seconds`; the share of the limit held after the first 15 s, the
     share of requests answered 10011, the seconds to reach 90 % of the limit. About 4 minutes.
+    With `--auto --team`: the same for two runs at once sharing a throw-away PostgreSQL
+    `--state` (the account's schedule, one controller driving it), distinct people each; what
+    the server saw of both together is what is judged.
 
 Generated files live under bench/_work/ (git-ignored), recreated on every run. The people are
 fictional, with valid check digits (the same scheme as tests/conftest.py, copied here).
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import csv
 import json
 import os
@@ -78,6 +82,7 @@ AUTO_SETTLING = 15.0
 AUTO_REFUSED_MAX = 0.01  # share of requests answered 10011
 AUTO_RECOVERY = 10.0  # seconds after the limit halves, from which <= 1 % again
 AUTO_MAX_QPS = 200.0
+AUTO_TEAM_RUNS = 2  # --auto --team: runs sharing the PostgreSQL --state
 
 # --- fictional people (the scheme of tests/conftest.py `person(i)`) ----------------------------
 
@@ -751,14 +756,16 @@ def _auto(env: dict[str, str], table: Table, args: argparse.Namespace) -> None:
     """(f) `--qps auto` against limits it is not told, and one that halves halfway."""
     seconds = args.auto_seconds
     target = f">= {AUTO_HELD_MIN:.0%}, <= {AUTO_REFUSED_MAX:.0%}"
+    runs = AUTO_TEAM_RUNS if args.team else 1
+    who = f"{runs} runs sharing PostgreSQL, " if runs > 1 else ""
     for limit in (10.0, 40.0, 100.0):
-        run = _auto_run(env, args, limit, seconds)
+        run = _auto_run(env, args, limit, seconds, runs=runs)
         held = run.accepted(AUTO_SETTLING, seconds) / limit
         refused = run.refused_share()
         reached = run.reached(AUTO_HELD_MIN, limit)
         table.add(
             "(f)",
-            f"--qps auto --max-qps {AUTO_MAX_QPS:g}, server limit {limit:g}/s "
+            f"{who}--qps auto --max-qps {AUTO_MAX_QPS:g}, server limit {limit:g}/s "
             f"({seconds:g} s, {len(run.times)} requests)",
             f"held {held:.1%} of the limit after {AUTO_SETTLING:g} s; 10011: {refused:.2%} of "
             f"requests; 90% reached at {_seconds(reached)}; rate_found {run.summary['rate_found']}",
@@ -766,13 +773,13 @@ def _auto(env: dict[str, str], table: Table, args: argparse.Namespace) -> None:
             held >= AUTO_HELD_MIN and refused <= AUTO_REFUSED_MAX,
         )
     drop = seconds / 2
-    run = _auto_run(env, args, 40.0, seconds, schedule=[(drop, 20.0)])
+    run = _auto_run(env, args, 40.0, seconds, schedule=[(drop, 20.0)], runs=runs)
     before = run.accepted(AUTO_SETTLING, drop) / 40.0
     after = run.accepted(drop + AUTO_RECOVERY, seconds) / 20.0
     refused_after = run.refused_share(drop + AUTO_RECOVERY)
     table.add(
         "(f)",
-        f"--qps auto, limit 40/s, 20/s from {drop:g} s on ({seconds:g} s)",
+        f"{who}--qps auto, limit 40/s, 20/s from {drop:g} s on ({seconds:g} s)",
         f"held {before:.1%} before the drop, {after:.1%} from {AUTO_RECOVERY:g} s after it; "
         f"10011 from then on: {refused_after:.2%} (all: {run.refused_share():.2%}); "
         f"rate_found {run.summary['rate_found']}",
@@ -791,36 +798,68 @@ def _auto_run(
     limit: float,
     seconds: float,
     schedule: Sequence[tuple[float, float]] = (),
+    runs: int = 1,
 ) -> AutoRun:
-    """enrich --qps auto for `seconds` from its first request (then Ctrl-C) against a server
-    limited to `limit` requests per trailing second, changed by `schedule`."""
-    tag = f"auto{limit:g}" + ("-drop" if schedule else "")
-    # More people than the run can reach: it is stopped, never runs dry.
-    src = write_distinct(WORK / f"{tag}.csv", int(limit * (seconds + 10) * 1.2))
-    out = WORK / f"{tag}.enriched.csv"
+    """enrich --qps auto for `seconds` from the first request (then Ctrl-C) against a server
+    limited to `limit` requests per trailing second, changed by `schedule`; `runs` > 1: that
+    many at once, sharing a throw-away PostgreSQL `--state`, each with people of its own."""
+    tag = f"auto{limit:g}" + ("-drop" if schedule else "") + (f"-team{runs}" if runs > 1 else "")
+    # More people than the runs can reach: they are stopped, never run dry.
+    every = write_distinct(WORK / f"{tag}.csv", int(limit * (seconds + 10) * 1.2))
+    srcs = _split(every, runs) if runs > 1 else [every]
     server = Server(qps_limit=limit, latency_ms=args.latency_ms, schedule=schedule)
-    try:
-        argv = enrich_argv(src, out, WORK / f"{tag}.sqlite3", server.url, 0.0)
-        # Above every limit here, 100 included: each is found, not met as a ceiling.
-        at = argv.index("--qps") + 1
-        argv[at : at + 1] = ["auto", "--max-qps", str(AUTO_MAX_QPS)]
-        with (WORK / f"{tag}.stderr").open("w") as err:
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.close)
+        if runs > 1:
+            sys.path.insert(0, str(ROOT))
+            from tests.pg import running_server
+
+            pg = stack.enter_context(running_server())
+            state: list[str] = [pg.url(pg.new_database())]
+            state += ["--secret-file", str(WORK / f"{tag}.secret")]
+        procs = []
+        for n, src in enumerate(srcs):
+            out = src.with_suffix(".enriched.csv")
+            argv = enrich_argv(src, out, WORK / f"{tag}.sqlite3", server.url, 0.0)
+            if runs > 1:
+                at = argv.index("--state") + 1
+                argv[at : at + 1] = state
+            # Above every limit here, 100 included: each is found, not met as a ceiling.
+            at = argv.index("--qps") + 1
+            argv[at : at + 1] = ["auto", "--max-qps", str(AUTO_MAX_QPS)]
+            err = stack.enter_context((WORK / f"{tag}.{n}.stderr").open("w"))
             proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env, cwd=ROOT)
-            deadline = time.monotonic() + 60
-            while server.window()["requests"] == 0:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the {tag} run sent nothing")
-                time.sleep(0.05)
-            time.sleep(seconds)
+            procs.append((proc, err.name))
+        deadline = time.monotonic() + 60
+        while server.window()["requests"] == 0:
+            if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
+                raise RuntimeError(f"the {tag} run sent nothing")
+            time.sleep(0.05)
+        time.sleep(seconds)
+        for proc, _ in procs:
             proc.send_signal(signal.SIGINT)  # stop sending: the summary is still written
+        for proc, name in procs:
             if proc.wait(120) not in (0, 3):
-                raise RuntimeError(f"the {tag} run failed; see {err.name}")
+                raise RuntimeError(f"the {tag} run failed; see {name}")
         times, codes = server.detail()
-    finally:
-        server.close()
     # Kept for a closer look (what the server saw, no personal data).
     (WORK / f"{tag}.arrivals.json").write_text(json.dumps({"times": times, "codes": codes}))
-    return AutoRun(times, codes, _summary(out), seconds)
+    return AutoRun(times, codes, _summary(srcs[0].with_suffix(".enriched.csv")), seconds)
+
+
+def _split(src: Path, parts: int) -> list[Path]:
+    """`src`'s rows dealt into `parts` files (the header in each): people of their own."""
+    with src.open(encoding="utf-8", newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    paths = []
+    for n in range(parts):
+        path = src.with_name(f"{src.stem}.{n}.csv")
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(header)
+            out.writerows(rows[n::parts])
+        paths.append(path)
+    return paths
 
 
 def _planning(env: dict[str, str], table: Table, people: int) -> None:
@@ -882,7 +921,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--auto",
         action="store_true",
-        help="run only (f): --qps auto against unknown limits (about 4 minutes)",
+        help="run only (f): --qps auto against unknown limits (about 4 minutes); "
+        "with --team, two runs sharing a PostgreSQL --state",
     )
     parser.add_argument("--auto-seconds", type=float, default=60.0, help="length of each (f) run")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)

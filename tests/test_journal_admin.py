@@ -131,3 +131,18 @@ def test_status_of_a_local_journal_and_check_refuses_a_url(
     refused = run("journal", "check", "--state", pg_url.replace("postgres@", "postgres:pw@"))
     assert refused.exit_code == 1
     assert "local SQLite journal only" in refused.output
+
+
+async def test_status_shows_an_auto_runs_max_qps_as_such(pg_url: str, tmp_path: Path) -> None:
+    secret = tmp_path / "team.secret"
+    store = open_store(StoreOptions(state=TeamUrl(pg_url), secret_file=secret))
+    assert isinstance(store, TeamStore)
+    settings = SessionSettings(qps="auto", concurrency=4, cutoff=None, api_key="k", max_qps=60)
+    try:
+        async with store.session(settings, RunControl(), CallStats()) as session:
+            await session.pacer.acquire()
+            text = "\n".join(journal_status(TeamUrl(pg_url), secret_file=secret).lines())
+            assert "rate:          --qps auto, at most 60/s" in text, text
+            assert "auto (max 60)" in text, text
+    finally:
+        store.close()

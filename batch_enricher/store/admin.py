@@ -312,10 +312,16 @@ class RunInfo:
     user: str
     pid: int
     started: datetime
-    qps: float
+    qps: float  # its --qps, or under --qps auto its --max-qps
     rate: float
     calls: int
     billed: int
+    auto: bool = False  # given --qps auto
+
+    @property
+    def given(self) -> str:
+        """Its rate as given: `25`, or `auto (max 100)`."""
+        return f"auto (max {self.qps:g})" if self.auto else f"{self.qps:g}"
 
 
 @dataclass
@@ -328,7 +334,7 @@ class TeamStatus:
     schema: int | None = None
     secret: str = ""
     runs: list[RunInfo] = field(default_factory=list)
-    account_rate: float | None = None  # lowest --qps of the live runs
+    account_rate: float | None = None  # lowest --qps (or --max-qps, under auto) of the live runs
     current_rate: float | None = None  # after any slow-down, at the last reservation
     quota: str = "closed"
     abort: str | None = None
@@ -345,6 +351,11 @@ class TeamStatus:
         rows.append(("secret", self.secret))
         if self.account_rate is None:
             rows.append(("rate", "no live run (the account's rate is the lowest live --qps)"))
+        elif any(run.auto for run in self.runs):
+            rate = f"--qps auto, at most {self.account_rate:g}/s (the lowest --qps or --max-qps)"
+            if self.current_rate is not None:
+                rate += f"; {self.current_rate:.1f}/s at the last reservation"
+            rows.append(("rate", rate))
         else:
             rate = f"{self.account_rate:g}/s (the lowest --qps of the live runs)"
             if self.current_rate is not None and self.current_rate < self.account_rate * 0.99:
@@ -367,7 +378,7 @@ class TeamStatus:
                         run.user,
                         str(run.pid),
                         run.started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                        f"{run.qps:g}",
+                        run.given,
                         f"{run.rate:.1f}/s ({run.rate / total:.0%})",
                         str(run.calls),
                         str(run.billed),
@@ -411,9 +422,11 @@ def journal_status(state: Path | TeamUrl, *, secret_file: Path | None = None) ->
                 return TeamStatus(state.masked, 0, "team", secret="none yet (a new database)")
             answers = _pg_count(conn)
             bound = stored_fingerprint(conn)
+            auto = "auto" if version >= 3 else "false"  # --qps auto came with schema 3
             runs = conn.execute(
-                "SELECT host, username, pid, started, qps, rate, calls, billed FROM be_runs "
-                "WHERE last_seen + lease * interval '1 second' > now() ORDER BY started"
+                f"SELECT host, username, pid, started, qps, rate, calls, billed, {auto} "
+                "FROM be_runs WHERE last_seen + lease * interval '1 second' > now() "
+                "ORDER BY started"
             ).fetchall()
             account = conn.execute(
                 "SELECT last_rate, quota_until > now(), quota_until, quota_reason, abort_code, "
@@ -430,8 +443,8 @@ def journal_status(state: Path | TeamUrl, *, secret_file: Path | None = None) ->
     else:
         status.secret = f"{secret_path} does NOT match: runs with it are refused"
     status.runs = [
-        RunInfo(str(h), str(u), int(p), s, float(q), float(r), int(c), int(b))
-        for h, u, p, s, q, r, c, b in runs
+        RunInfo(str(h), str(u), int(p), s, float(q), float(r), int(c), int(b), bool(a))
+        for h, u, p, s, q, r, c, b, a in runs
     ]
     if status.runs:
         status.account_rate = min(run.qps for run in status.runs)

@@ -159,6 +159,9 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             ADD COLUMN recent       double precision[] NOT NULL DEFAULT '{}',
             ADD COLUMN refused      double precision[] NOT NULL DEFAULT '{}'""",
     ),
+    # Version 4: the driver's guard, the most slots one second of the schedule may hold
+    # (team.py: a cut drains instead of pausing a window). NULL: no driver has written it.
+    4: ("ALTER TABLE be_account ADD COLUMN auto_window integer",),
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 

@@ -16,7 +16,9 @@ send slots, breaker deadlines) is the server's `now()`.
   locally (the server's clock mapped onto this host's with the best round trip seen). The
   rate is the lowest `--qps` of the live runs, halved (for all) on a 10011 and recovering as
   the local pacer does; when it drops, the schedule pauses a whole window first, so the
-  slots already given out at the old rate never share a second with the new ones. With
+  slots already given out at the old rate never share a second with the new ones. A run
+  answered 10011 writes it at once and NOTIFYs `REFUSED_CHANNEL`: every run (listening on a
+  connection of its own) drops the slots it holds, granted before anyone knew. With
   `--qps auto` runs, one of them drives the rate instead of the halving (team_auto.py).
 - **Shared breakers**: the quota breaker opening (10012) and an account abort (bad key, ...)
   are written to `be_account`; every run reads them with each batch of slots (no extra round
@@ -80,6 +82,13 @@ log = logging.getLogger("batch_enricher")
 #: Measured with three runs on two busy cores: single requests ~35 ms late; 1.02 let some
 #: through, 1.04 (40 ms) none. One run alone still reaches 96 % of --qps (issue 12 asks 95 %).
 SHARED_MARGIN: Final = 1.04
+#: Slot spacing with a `--qps auto` run live: the pacer's own. The controller settles at 97 % of
+#: the limit it found, which leaves the same ~40 ms of jitter room as `SHARED_MARGIN` at a given
+#: rate; both together held the account at 89-93 % of the limit.
+AUTO_MARGIN: Final = 1.01
+#: Every run LISTENs here; a run answered 10011 NOTIFYs it (team_auto.py: a 10011 is news at
+#: once). The payload is empty: the slots are in `be_account.refused`.
+REFUSED_CHANNEL: Final = "be_refused"
 #: A slot taken later than this is dropped, not used: a late request could land in the same
 #: second as the slots after it, which other runs are using.
 LATE_S: Final = 0.008
@@ -124,10 +133,30 @@ _RATE: Final = (
     f"THEN least(b.qps, coalesce({_AUTO}, %(start)s)) "
     f"ELSE least({_HALVED}, coalesce({_AUTO}, %(start)s)) END)"
 )
+# Slots are this far apart: with an auto run live, the pacer's spacing (AUTO_MARGIN), but
+# never closer than a --qps or --max-qps allows with the shared margin (the --qps contract).
+_SPACING: Final = (
+    f"(CASE WHEN b.auto THEN greatest(%(auto_margin)s / {_RATE}, %(margin)s / b.qps) "
+    f"ELSE %(margin)s / {_RATE} END)"
+)
+# The most slots a one-second window may hold: what the driver's controller allows (its guard),
+# never more than the lowest --qps or --max-qps.
+_PER_WINDOW: Final = (
+    f"least(floor(b.qps)::integer, CASE WHEN {_DRIVES} AND %(rate)s::float8 IS NOT NULL "
+    "THEN %(per_window)s::integer ELSE a.auto_window END)"
+)
+# The first slot: after the last one granted, and (with an auto run live) not before the
+# account's window of slots has room for it (the pacer's guard), so the driver's cut drains
+# instead of pausing. Any other lower rate (halved on 10011, a lower --qps joining) pauses the
+# schedule a whole window: slots given out at the old rate never share a second with the new
+# ones. An index out of the array is NULL, which greatest() leaves out.
 _FIRST: Final = f"""greatest(
         b.t,
-        a.last_slot + (CASE WHEN {_RATE} < a.last_rate * 0.99 THEN %(window)s
-                            ELSE %(margin)s / {_RATE} END) * interval '1 second')"""
+        a.last_slot + (CASE WHEN NOT ({_DRIVES} AND %(rate)s::float8 IS NOT NULL)
+                                 AND {_RATE} < a.last_rate * 0.99 THEN %(window)s
+                            ELSE {_SPACING} END) * interval '1 second',
+        CASE WHEN b.auto THEN to_timestamp(
+            a.recent[cardinality(a.recent) - {_PER_WINDOW} + 1] + 1.0) END)"""
 _BASE: Final = """
 WITH b AS (
     SELECT least(%(qps)s, coalesce(min(qps), %(qps)s)) AS qps,
@@ -137,7 +166,7 @@ WITH b AS (
 _RESERVE: Final = f"""{_BASE}
 UPDATE be_account a SET
     last_rate = {_RATE},
-    last_slot = {_FIRST} + (%(n)s - 1) * (%(margin)s / {_RATE}) * interval '1 second',
+    last_slot = {_FIRST} + (%(n)s - 1) * {_SPACING} * interval '1 second',
     auto_run = CASE WHEN {_DRIVES} THEN %(run)s ELSE a.auto_run END,
     auto_seen = CASE WHEN {_DRIVES} THEN b.t ELSE a.auto_seen END,
     auto_rate = {_AUTO},
@@ -145,9 +174,11 @@ UPDATE be_account a SET
                         ELSE a.auto_ceiling END,
     auto_found = CASE WHEN {_DRIVES} AND %(rate)s::float8 IS NOT NULL THEN %(found)s::float8
                       ELSE a.auto_found END,
+    auto_window = CASE WHEN {_DRIVES} AND %(rate)s::float8 IS NOT NULL
+                       THEN %(per_window)s::integer ELSE a.auto_window END,
     recent = CASE WHEN NOT b.auto THEN '{{}}'::float8[] ELSE array(
         SELECT x FROM unnest(a.recent || array(
-            SELECT extract(epoch FROM {_FIRST})::float8 + i * (%(margin)s / {_RATE})
+            SELECT extract(epoch FROM {_FIRST})::float8 + i * {_SPACING}
             FROM generate_series(0, %(n)s - 1) i)) x
         WHERE x > extract(epoch FROM b.t)::float8 - %(history)s ORDER BY x) END
 FROM b WHERE a.id = 1
@@ -162,11 +193,13 @@ _SLOW_DOWN: Final = f"""{_BASE}
 UPDATE be_account a SET slow_rate = greatest(b.qps / {_MIN_RATE_DIVISOR}, {_HALVED} * 0.5),
     slow_at = b.t
 FROM b WHERE a.id = 1 AND (a.slow_at IS NULL OR a.slow_at < b.t - interval '1 second')"""
-# 10011s, for the driver of --qps auto (team_auto.py): the slots refused, in order.
-_REFUSED: Final = """
+# 10011s, for the driver of --qps auto (team_auto.py): the slots refused, in order; and every
+# run is told at once (delivered when the statement commits).
+_REFUSED: Final = f"""
 UPDATE be_account SET refused = array(
     SELECT x FROM unnest(refused || %(slots)s::float8[]) x
     WHERE x > extract(epoch FROM now())::float8 - %(history)s ORDER BY x)
+FROM (SELECT pg_notify('{REFUSED_CHANNEL}', '')) told
 WHERE id = 1"""
 _CLAIM: Final = """
 INSERT INTO be_claims (key, run_id, expires)
@@ -261,6 +294,8 @@ class SharedPacer:
         self._run_id = run_id
         self._sent: dict[float, float] = {}  # grant time (local) -> its slot (server epoch)
         self._refusals: list[float] = []  # 10011 slots not yet reported
+        self._wake = asyncio.Event()  # set: the slot being waited for may be gone, look again
+        self._tasks: set[asyncio.Task[None]] = set()
         self._url = url
         self._qps = qps
         self._concurrency = max(1, concurrency)
@@ -315,7 +350,10 @@ class SharedPacer:
                 at = slot - self._offset
                 now = self._clock()
                 if now < at:
-                    await asyncio.sleep(at - now)  # cancelled here, the slot stays for the next
+                    # Cancelled here, the slot stays for the next; woken early, it may be gone.
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), at - now)
                     continue
                 self._slots.popleft()
                 if now - at > LATE_S:
@@ -328,8 +366,8 @@ class SharedPacer:
     def slow_down(self, sent_at: float | None = None) -> None:
         """On 10011: halve the account's rate (once per window for all runs) from the next slot.
 
-        The slot goes to `be_account.refused` too, for the driver of `--qps auto`; when this run
-        drives, its controller decides at once.
+        The slot goes to `be_account.refused` at once, and every run is told (team_auto.py: a
+        10011 is news at once); when this run drives, its controller decides at once.
         """
         self._slow_pending = True
         slot = None if sent_at is None else self._sent.pop(sent_at, None)
@@ -338,6 +376,36 @@ class SharedPacer:
             if self._auto is not None:
                 self._auto.refused(slot, self._server_now())
         self.forget_slots()  # the next slot comes from the schedule, after the cut if any
+        self._apply_cut()
+        task = asyncio.get_running_loop().create_task(self._report())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def account_refused(self) -> None:
+        """A run of the account was answered 10011: the slots held were granted before anyone
+        knew, so drop them; the driver reserves at once, to read the refusal and cut."""
+        self.forget_slots()
+        if self._auto is not None and self._auto.driving:
+            self._wake.set()
+
+    async def listen(self, conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
+        """Follow the account's 10011s on `conn` (its own) until cancelled.
+
+        Without it (the connection lost) the news comes with the next reservation, as slowly as
+        before: a warning, not an error.
+        """
+        try:
+            with pg_errors(self._url, "listen to", sent=True):
+                await conn.execute(f"LISTEN {REFUSED_CHANNEL}")
+                async for _ in conn.notifies():
+                    self.account_refused()
+        except JournalError as exc:
+            log.warning("%s; 10011s of other runs are seen at the next reservation", exc)
+
+    async def close(self) -> None:
+        """Let the last 10011 reports go out (a little)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=_PUBLISH_WAIT_S)
 
     def forget_slots(self) -> None:
         """Drop the slots reserved and not yet used: the next one comes from the schedule."""
@@ -354,19 +422,37 @@ class SharedPacer:
             del sent[next(iter(sent))]
 
     def _apply_cut(self) -> None:
-        """The driver's controller cut the rate: drop the slots held, so the next reservation
-        writes the cut now (the schedule then pauses a window: team_auto.py)."""
+        """The driver's controller cut the rate: drop the slots held and reserve at once, so the
+        cut is written now (the schedule then drains: team_auto.py)."""
         if self._auto is not None and self._auto.cut_pending:
             self.forget_slots()
+            self._wake.set()
 
-    async def _reserve(self) -> None:
-        n = max(1, min(self._concurrency, math.ceil(self._rate * BATCH_S)))
+    async def _report(self) -> None:
+        """Write the 10011s (and the halving) now, telling every run; if the database cannot be
+        reached, the next reservation tries again."""
+        slots, self._refusals = self._refusals, []
+        params = self._params(1) | {"slots": slots}
+        slow, self._slow_pending = self._slow_pending, False
+        try:
+            with pg_errors(self._url, "pace with", sent=True):
+                if slow:
+                    await self._conn.execute(_SLOW_DOWN, params)
+                if slots:
+                    await self._conn.execute(_REFUSED, params)
+        except JournalError as exc:
+            self._refusals[:0] = slots
+            self._slow_pending = self._slow_pending or slow
+            log.warning("%s", exc)
+
+    def _params(self, n: int) -> dict[str, Any]:
         auto = self._auto
         proposal = auto.proposal() if auto is not None else None
-        params = {
+        return {
             "qps": self._qps,
             "n": n,
             "margin": SHARED_MARGIN,
+            "auto_margin": AUTO_MARGIN,
             "window": SHARED_MARGIN,
             "started": self._started,
             "tag": self._tag,
@@ -378,16 +464,22 @@ class SharedPacer:
             "rate": None if proposal is None else proposal.rate,
             "ceiling": None if proposal is None else proposal.ceiling,
             "found": None if proposal is None else proposal.found,
+            "per_window": None if proposal is None else proposal.per_window,
             "seen": None if auto is None else auto.seen,
             "slots": self._refusals,
         }
+
+    async def _reserve(self) -> None:
+        n = max(1, min(self._concurrency, math.ceil(self._rate * BATCH_S)))
+        auto = self._auto
+        params = self._params(n)
         with pg_errors(self._url, "pace with", sent=True):
             if self._slow_pending:
                 self._slow_pending = False
                 await self._conn.execute(_SLOW_DOWN, params)
             if self._refusals:
+                params["slots"], self._refusals = self._refusals, []
                 await self._conn.execute(_REFUSED, params)
-                self._refusals = []
             sent = self._clock()
             cur = await self._conn.execute(_RESERVE, params)
             row = await cur.fetchone()
@@ -631,8 +723,10 @@ class TeamStore:
         run_id = secrets.token_hex(8)
         conn = await _connect(url)
         pace_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
+        listen_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         try:
             pace_conn = await _connect(url)  # its own: slots must not queue behind answers
+            listen_conn = await _connect(url)  # its own: notifies() holds its connection
             with pg_errors(url, "register the run in"):
                 cur = await conn.execute(_REGISTER, self.identity(run_id, settings))
                 row = await cur.fetchone()
@@ -653,12 +747,15 @@ class TeamStore:
             session = TeamSession(self, conn, pacer, run_id, settings, stats)
             control.shared = session
             beating = asyncio.create_task(session.heartbeat(started))
+            listening = asyncio.create_task(pacer.listen(listen_conn))
             try:
                 yield session
             finally:
-                beating.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beating
+                for task in (beating, listening):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await pacer.close()
                 control.shared = None
                 try:
                     await session.finish()
@@ -671,7 +768,7 @@ class TeamStore:
                     pacer.reservations,
                 )
         finally:
-            for each in (pace_conn, conn):
+            for each in (listen_conn, pace_conn, conn):
                 if each is not None:
                     with contextlib.suppress(Exception):
                         await each.close()

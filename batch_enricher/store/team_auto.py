@@ -21,10 +21,21 @@ down with it). So (team.py carries it out, in the statements it already makes):
   `be_account.refused` with its next reservation; the driver feeds them to its controller.
   Its own accepted replies are the driver's sample of the rest: the server's window is the
   account's, so any run's reply says what the window held.
-- **A cut takes effect at a reservation, not at once**: slots other runs already hold were
-  granted at the old rate. Their verdicts describe the moment the cut answered, so from the
-  cut until the driver's next reservation writes it (`cut_pending`: the driver drops the slots
-  it holds and reserves again at once) every verdict is old news, and so is every slot granted
+- **A 10011 is news at once.** The run that gets one reports it in its own statement, which
+  also NOTIFYs every run of the account (team.py's `REFUSED_CHANNEL`). Each run then drops the
+  slots it holds and not yet sent (granted before anyone knew, they would all meet the same full
+  window); the driver reserves at once, reading the refusal with the account's slots up to it,
+  so its controller counts the first refused slot of a wave, not a later one. Waiting for the
+  driver's next reservation instead cost a wave of (runs x 100 ms) of other runs' slots and,
+  counted at a later slot, a ceiling one or two too high: 2-7 % of requests refused.
+- **A cut drains, it does not stop.** With an auto run live, the schedule spaces slots
+  `AUTO_MARGIN / rate` apart (the controller's settling margin is the jitter room, as for a
+  run alone) and never grants a slot whose trailing window of the account's slots would hold
+  more than the driver's `per_window` (the pacer's guard): after a cut it restarts as soon as
+  the window has drained below the new allowance, not a whole window later.
+- **Old news.** Slots other runs already hold were granted at the old rate, so from the cut
+  until the driver's next reservation writes it (`cut_pending`: the driver drops the slots it
+  holds and reserves again at once) every verdict is old news, and so is every slot granted
   before the first one at the lowered rate (`_boundary`).
 - **Caps.** An auto run registers its `--max-qps` as its `be_runs.qps`, so the account's rate
   is never above the lowest `--max-qps` of the auto runs nor the lowest `--qps` of the fixed
@@ -61,6 +72,7 @@ class Proposal:
     rate: float
     ceiling: int | None
     found: float | None
+    per_window: int  # the most slots one window of the account's schedule may hold
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,8 @@ class AccountAuto:
         """What to write into `be_account` with the next reservation (None: not driving)."""
         if not self._driving:
             return None
-        return Proposal(self._auto.rate, self._auto.ceiling, self._auto.found().rate)
+        auto = self._auto
+        return Proposal(auto.rate, auto.ceiling, auto.found().rate, auto.per_window)
 
     def reserved(self, got: Reserved) -> None:
         """Feed a reservation's news: the account's new slots, 10011s, who drives."""
