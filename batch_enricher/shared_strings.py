@@ -21,8 +21,7 @@ import tempfile
 from array import array
 from collections import deque
 from itertools import accumulate
-from types import TracebackType
-from typing import IO, Final, Self
+from typing import IO, Final
 
 from batch_enricher.sealing import Sealer
 
@@ -38,7 +37,8 @@ CACHE_BLOCKS: Final = 16
 class SharedStrings:
     """Append every string in table order, then `finish()`; then look them up by index.
 
-    >>> with SharedStrings() as table:
+    >>> from contextlib import closing
+    >>> with closing(SharedStrings()) as table:
     ...     table.extend(["姓名", "张三"])
     ...     table.finish()
     ...     table[1], len(table)
@@ -95,17 +95,6 @@ class SharedStrings:
             self._file = None
         self._decoded.clear()
         self._loaded.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _write_block(self) -> None:
         if self._file is None:

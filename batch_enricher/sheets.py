@@ -162,7 +162,8 @@ def whole(value: float) -> int | float:
     return int(Decimal(f"{value:.15g}"))
 
 
-def _trimmed(row: list[Cell]) -> list[Cell]:
+def trimmed(row: list[Cell]) -> list[Cell]:
+    """The row without its trailing empty cells (the same list if it has none)."""
     end = len(row)
     while end and row[end - 1] is None:
         end -= 1
@@ -182,7 +183,7 @@ def _calamine_row(values: list[Any], lead: int) -> list[Cell]:
             append(str(value))
         else:
             append(value)
-    return _trimmed(row)
+    return trimmed(row)
 
 
 # --- calamine -----------------------------------------------------------------------------------
@@ -453,6 +454,20 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+def sheet_rel_id(workbook: ElementTree.Element, name: str) -> str | None:
+    """The relationship id (`r:id`) of the sheet named `name` in a parsed workbook part."""
+    return next(
+        (
+            value
+            for sheet in workbook.iter()
+            if _local(sheet.tag) == "sheet" and sheet.get("name") == name
+            for key, value in sheet.attrib.items()
+            if _local(key) == "id"
+        ),
+        None,
+    )
+
+
 def _sheet_part(package: zipfile.ZipFile, name: str) -> tuple[bool, str | None]:
     """(strict, path of the named sheet's XML part), following the package's relationships."""
     root = ElementTree.fromstring(package.read("_rels/.rels"))
@@ -466,16 +481,7 @@ def _sheet_part(package: zipfile.ZipFile, name: str) -> tuple[bool, str | None]:
     )
     workbook = ElementTree.fromstring(package.read(workbook_part))
     strict = workbook.tag.startswith("{" + STRICT_NS + "}")
-    rel_id = next(
-        (
-            value
-            for sheet in workbook.iter()
-            if _local(sheet.tag) == "sheet" and sheet.get("name") == name
-            for key, value in sheet.attrib.items()
-            if _local(key) == "id"
-        ),
-        None,
-    )
+    rel_id = sheet_rel_id(workbook, name)
     folder, base = posixpath.split(workbook_part)
     rels = ElementTree.fromstring(package.read(posixpath.join(folder, "_rels", base + ".rels")))
     for rel in rels.iter(f"{_RELS_NS}Relationship"):

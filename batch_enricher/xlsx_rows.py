@@ -39,7 +39,13 @@ from xml.etree import ElementTree
 
 from batch_enricher.errors import InputError
 from batch_enricher.shared_strings import SharedStrings
-from batch_enricher.sheets import Cell, broken, whole  # sheets imports this module lazily
+from batch_enricher.sheets import (
+    Cell,
+    broken,
+    sheet_rel_id,
+    trimmed,
+    whole,
+)  # imported lazily there
 
 #: Bytes of XML read at a time (more while one row is longer).
 _CHUNK: Final = 1 << 18
@@ -105,7 +111,7 @@ def stream_rows(path: Path, name: str) -> Generator[list[Cell], None, None]:
         with package, contextlib.ExitStack() as stack:
             try:
                 parts = _Parts.find(package, name)
-                strings = stack.enter_context(SharedStrings())
+                strings = stack.enter_context(contextlib.closing(SharedStrings()))
                 if parts.strings is not None:
                     _load_strings(package, parts.strings, strings)
                 strings.finish()
@@ -152,16 +158,7 @@ class _Parts:
         folder = posixpath.dirname(workbook_part)
         by_id = {rel.get("Id"): rel for rel in rels}
         by_type = {_local(rel.get("Type", "")): _target(folder, rel) for rel in rels}
-        rel_id = next(
-            (
-                value
-                for sheet in workbook.iter()
-                if _local(sheet.tag) == "sheet" and sheet.get("name") == name
-                for key, value in sheet.attrib.items()
-                if _local(key) == "id"
-            ),
-            None,
-        )
+        rel_id = sheet_rel_id(workbook, name)
         if rel_id not in by_id:
             raise _Damaged(f"no sheet {name!r}")
         date1904 = any(
@@ -490,7 +487,7 @@ def _rows(xml: IO[bytes], cells: _Cells) -> Iterator[list[Cell]]:
         for tag, row_attrs, closed, letters, style, kind, other, value, body in tokens:
             if tag:  # <row ...>: the previous row is complete
                 if row is not None:
-                    yield _trimmed(row)
+                    yield trimmed(row)
                     done = row_number
                 if row_attrs[:4] == b' r="':  # as every writer measured puts it
                     row_number = int(row_attrs[4 : row_attrs.index(b'"', 4)])
@@ -548,7 +545,7 @@ def _rows(xml: IO[bytes], cells: _Cells) -> Iterator[list[Cell]]:
                 raise _Damaged("cells out of order")
             row.append(cell)
     if row is not None:
-        yield _trimmed(row)
+        yield trimmed(row)
 
 
 _Token = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]
@@ -585,10 +582,3 @@ def _token_batches(xml: IO[bytes]) -> Iterator[list[_Token]]:
 def _value(body: bytes) -> bytes:
     found = _VALUE.search(body)
     return found[1] if found else b""
-
-
-def _trimmed(row: list[Cell]) -> list[Cell]:
-    end = len(row)
-    while end and row[end - 1] is None:
-        end -= 1
-    return row[:end] if end < len(row) else row

@@ -16,21 +16,14 @@ import xlwt  # type: ignore[import-untyped]
 from batch_enricher import sheets
 from batch_enricher.errors import InputError
 from batch_enricher.reader import Cell, open_source
-from tests.workbooks import strict_ooxml
+from tests.workbooks import saved, strict_ooxml
 
 HEADER = ["姓名", "身份证号", "手机号"]
 PERSON = ["张三", "11010119900307803X", "13812345678"]
 
 
 def _xlsx(path: Path, rows: list[list[Any]]) -> Path:
-    workbook = openpyxl.Workbook()
-    sheet = workbook.active
-    assert sheet is not None
-    sheet.title = "名单"
-    for row in rows:
-        sheet.append(row)
-    workbook.save(path)
-    return path
+    return saved(path, rows, title="名单")
 
 
 def _read(path: Path) -> list[list[Cell]]:

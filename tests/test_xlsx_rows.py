@@ -8,6 +8,7 @@ hand for what those never write (prefixes, attribute orders, rich text, escapes,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
 import zipfile
@@ -25,7 +26,7 @@ from batch_enricher.errors import InputError
 from batch_enricher.reader import Cell, open_source
 from batch_enricher.shared_strings import BLOCK, SharedStrings
 from batch_enricher.xlsx_rows import DATE, DURATION, NUMBER, format_kind, stream_rows
-from tests.workbooks import strict_ooxml
+from tests.workbooks import saved, strict_ooxml
 
 NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
@@ -241,13 +242,8 @@ def test_layouts_writers_rarely_use(tmp_path: Path) -> None:
 def test_a_namespace_prefix_and_strict_open_xml(tmp_path: Path) -> None:
     row = '<x:row r="1"><x:c r="A1" t="s"><x:v>0</x:v></x:c><x:c r="B1"><x:v>2</x:v></x:c></x:row>'
     assert both(package(tmp_path / "p.xlsx", row, prefix="x")) == [["张三", 2]]
-    plain = openpyxl.Workbook()
-    sheet = plain.active
-    assert sheet is not None
-    sheet.title = "S"
-    sheet.append(["姓名", 1.5, dt.datetime(2020, 1, 2, 3, 4)])
-    plain.save(tmp_path / "plain.xlsx")
-    strict = strict_ooxml(tmp_path / "plain.xlsx", tmp_path / "strict.xlsx")
+    plain = saved(tmp_path / "plain.xlsx", [["姓名", 1.5, dt.datetime(2020, 1, 2, 3, 4)]])
+    strict = strict_ooxml(plain, tmp_path / "strict.xlsx")
     assert both(strict) == [["姓名", 1.5, dt.datetime(2020, 1, 2, 3, 4)]]
 
 
@@ -286,14 +282,7 @@ def test_workbooks_as_xlsxwriter_and_openpyxl_save_them(tmp_path: Path) -> None:
                 ws.write(r, c, value)
     book.close()
     both(tmp_path / "x.xlsx")
-    wb = openpyxl.Workbook()
-    sheet = wb.active
-    assert sheet is not None
-    sheet.title = "S"
-    for row in grid:
-        sheet.append(row)
-    wb.save(tmp_path / "o.xlsx")
-    both(tmp_path / "o.xlsx")
+    both(saved(tmp_path / "o.xlsx", grid))
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
@@ -315,14 +304,8 @@ def test_a_large_sheet_is_streamed_and_reads_as_calamine_would(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sheets, "CALAMINE_MAX_CELLS", 100)
-    wb = openpyxl.Workbook()
-    sheet = wb.active
-    assert sheet is not None
-    sheet.title = "S"
-    sheet.append(["姓名", "身份证号", "手机号"])
-    for i in range(200):
-        sheet.append([f"张{i}", "11010119900307803X", 13812345678 + i])
-    wb.save(tmp_path / "big.xlsx")
+    people = [[f"张{i}", "11010119900307803X", 13812345678 + i] for i in range(200)]
+    saved(tmp_path / "big.xlsx", [["姓名", "身份证号", "手机号"], *people])
     source = open_source(tmp_path / "big.xlsx")
     assert source._sheet == sheets.Sheet("S", "stream")
     rows = list(source.rows())
@@ -399,7 +382,7 @@ def test_what_a_number_format_makes_of_a_number(code: str, kind: int) -> None:
 
 def test_shared_strings_spill_sealed_and_come_back_in_any_order() -> None:
     texts = [f"客户{i}号 13812345678" if i % 3 else "" for i in range(BLOCK * 5 + 17)]
-    with SharedStrings(cache_blocks=2) as table:
+    with contextlib.closing(SharedStrings(cache_blocks=2)) as table:
         table.extend(texts)
         table.finish()
         assert len(table) == len(texts)
@@ -416,7 +399,7 @@ def test_shared_strings_spill_sealed_and_come_back_in_any_order() -> None:
 
 
 def test_a_small_table_never_touches_the_disk() -> None:
-    with SharedStrings() as table:
+    with contextlib.closing(SharedStrings()) as table:
         table.extend(["a", "b"])
         table.finish()
         assert (table[0], table[1], table._file) == ("a", "b", None)

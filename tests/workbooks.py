@@ -131,6 +131,18 @@ def write_parts(path: Path, package: Mapping[str, bytes]) -> None:
             zf.writestr(name, data)
 
 
+def saved(path: Path, rows: Sequence[Sequence[Any]], title: str = "S") -> Path:
+    """A one-sheet workbook of `rows`, as openpyxl saves one (inline strings)."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = title
+    for row in rows:
+        sheet.append(list(row))
+    book.save(path)
+    return path
+
+
 def load(path: Path, **kw: Any) -> openpyxl.Workbook:
     """openpyxl's reading of a workbook; any openpyxl warning fails the test."""
     with warnings.catch_warnings():
