@@ -313,6 +313,21 @@ def test_a_large_sheet_is_streamed_and_reads_as_calamine_would(
     assert rows[199] == ["张199", "11010119900307803X", 13812345678 + 199]
 
 
+def test_a_sheet_part_in_utf16_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # calamine reads no rows at all from it (and the patch refuses to write it back): the
+    # reader still reads it, so `validate` and a CSV output work.
+    path = package(tmp_path / "u8.xlsx", _cells(1, [('t="s"', "<v>0</v>"), ("", "<v>5</v>")]))
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    xml = parts["xl/worksheets/sheet1.xml"].decode().replace('"UTF-8"', '"UTF-16"')
+    parts["xl/worksheets/sheet1.xml"] = xml.encode("utf-16")
+    with zipfile.ZipFile(tmp_path / "u16.xlsx", "w") as out:
+        for name, data in parts.items():
+            out.writestr(name, data)
+    monkeypatch.setattr(xlsx_rows, "_CHUNK", 7)  # chunks that end inside characters
+    assert list(stream_rows(tmp_path / "u16.xlsx", "S")) == [["张三", 5]]
+
+
 # --- damaged sheets -------------------------------------------------------------------------
 
 
