@@ -120,24 +120,28 @@ def run_sync(
             box["result"] = asyncio.run(attached())
         except BaseException as exc:  # handed to the caller's thread below
             box["error"] = exc
+        finally:
+            done.set()
+
+    done = threading.Event()
 
     worker = threading.Thread(target=main, name="batch-enricher-run", daemon=True)
     worker.start()
     try:
-        _wait(worker)
+        _wait(done)
     except KeyboardInterrupt:
         if not stop.graceful:
             stop.abandon()
-            worker.join(_ABANDON_WAIT_S)
+            done.wait(_ABANDON_WAIT_S)
             raise
         stop.request("interrupted (KeyboardInterrupt); call again to continue")
         if note is not None:
             note("KeyboardInterrupt: no new requests; finishing the calls in flight")
         try:
-            _wait(worker)
+            _wait(done)
         except KeyboardInterrupt:
             stop.abandon()
-            worker.join(_ABANDON_WAIT_S)
+            done.wait(_ABANDON_WAIT_S)
             raise
         if "error" in box and not isinstance(box["error"], asyncio.CancelledError):
             raise box["error"] from None
@@ -149,10 +153,15 @@ def run_sync(
     return result
 
 
-def _wait(worker: threading.Thread) -> None:
-    """Join `worker`, waking now and then so that a pending KeyboardInterrupt is raised."""
-    while worker.is_alive():
-        worker.join(_POLL_S)
+def _wait(done: threading.Event) -> None:
+    """Wait for the run to be over, waking now and then so that a KeyboardInterrupt is raised.
+
+    Not `Thread.join`: on CPython 3.11 a join interrupted by KeyboardInterrupt can leave the
+    thread reported dead while it still runs (its state lock released by the interrupted
+    acquire), and the stop would return before the calls in flight and the output were done.
+    """
+    while not done.wait(_POLL_S):
+        pass
 
 
 def enrich_files(
@@ -188,7 +197,9 @@ def enrich_files(
         key=key if key is not None else os.environ.get("JUHE_API_KEY"),
         **options,
     )
-    return run_sync(lambda: enrich_async(run_options, progress))
+    stop = Stop()  # Ctrl-C in the caller's thread: finish the calls in flight, write, re-raise
+    note = progress.note if progress is not None else None
+    return run_sync(lambda: enrich_async(run_options, progress, stop=stop), stop, note)
 
 
 @contextlib.contextmanager

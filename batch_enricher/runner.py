@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from batch_enricher import bands as bands_mod
 from batch_enricher.autorate import DEFAULT_MAX_QPS
@@ -45,6 +45,9 @@ from batch_enricher.spill import Spill
 from batch_enricher.store import DEFAULT_LEASE_S, StoreOptions, TeamUrl, open_store
 from batch_enricher.summary import FileSummary, RunSummary
 from batch_enricher.writer import sweep_temporary_files
+
+if TYPE_CHECKING:
+    from batch_enricher.api import Stop
 
 log = logging.getLogger("batch_enricher")
 
@@ -209,8 +212,13 @@ def exit_code_for(summary: RunSummary) -> int:
     return 0
 
 
-async def enrich_async(options: EnrichOptions, progress: Progress | None = None) -> RunSummary:
-    """Run the whole job and return its summary; raises `EnricherError` for bad input or setup."""
+async def enrich_async(
+    options: EnrichOptions, progress: Progress | None = None, *, stop: Stop | None = None
+) -> RunSummary:
+    """Run the whole job and return its summary; raises `EnricherError` for bad input or setup.
+
+    `stop` (`api.Stop`) lets another thread ask for a graceful stop, as Ctrl-C does.
+    """
     from batch_enricher.report import summary_sheet
 
     progress = progress or NullProgress()
@@ -228,6 +236,8 @@ async def enrich_async(options: EnrichOptions, progress: Progress | None = None)
     inputs = _open_inputs(options, outputs, progress)
     control = RunControl(max_billed=options.max_billed)
     interrupts = Interrupts(control.stop, progress.note)
+    if stop is not None:
+        stop.attach(asyncio.get_running_loop(), control, interrupts)
     store_options = StoreOptions(
         state=options.state,
         lock_timeout=options.lock_timeout,

@@ -33,7 +33,7 @@ from batch_enricher.frame import RESULT_DTYPES
 from batch_enricher.models import Status
 from batch_enricher.progress import Progress
 from batch_enricher.sandbox import expected_answer
-from tests.conftest import Served, person, write_csv
+from tests.conftest import Served, person, read_csv, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = 400  # distinct valid people in the 1,000-row frame
@@ -314,6 +314,41 @@ def test_enrich_files_returns_the_run_summary(
     )
     assert (summary.rows, summary.identities, summary.billed) == (3, 2, server.stats.billed)
     assert (tmp_path / "out.csv").exists()
+
+
+def test_ctrl_c_during_enrich_files_finishes_the_calls_in_flight_and_writes_the_file(
+    sandbox: Callable[..., Served], state: Path, tmp_path: Path
+) -> None:
+    src = write_csv(tmp_path / "in.csv", [list(person(i)) for i in range(PEOPLE)])
+    server = sandbox()
+
+    def interrupt() -> None:
+        _thread.interrupt_main()  # Ctrl-C, as the caller's (main) thread receives it
+        assert hook.stopping.wait(30), "the stop was never asked for"
+
+    hook = _Hook(40, interrupt)
+    out = tmp_path / "out.csv"
+    with pytest.raises(KeyboardInterrupt):
+        enrich_files(
+            [src],
+            key="k",
+            endpoint=server.url,
+            state=state,
+            qps=500,
+            concurrency=4,
+            output=out,
+            progress=hook,
+        )
+    first = server.stats.requests
+    assert 40 <= first < PEOPLE
+    assert server.stats.answered.count(None) == 0  # none abandoned in flight
+    statuses = [row["status"] for row in read_csv(out)]  # the file was written, rows marked
+    assert statuses.count("ok") + statuses.count("rejected") == first
+    assert statuses.count("skipped") == PEOPLE - first
+    summary = enrich_files([src], key="k", endpoint=server.url, state=state, qps=500, output=out)
+    assert summary.exit_code == 0
+    assert server.stats.requests == PEOPLE  # every answer of the first run was kept
+    assert max(server.stats.billed_by_identity.values()) == 1
 
 
 def test_importing_the_package_or_the_cli_does_not_import_pandas() -> None:
