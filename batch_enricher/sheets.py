@@ -88,6 +88,24 @@ class Sheet:
     strict: bool = False  # an .xlsx saved as Strict Open XML
 
 
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """Open a workbook's zip; entries named with backslashes are known by the OOXML "/" name.
+
+    Some exporters (seen from Chinese HR and attendance systems) write `xl\\workbook.xml`;
+    calamine reads such files, so the rest of the tool must too. `ZipInfo.filename` is renamed
+    in place: `ZipFile.open` checks the local header against `orig_filename`, which stays, and
+    a copied entry (`ZipWriter.add_copy`) is written under the new name, so the output is a
+    well-formed package.
+    """
+    zf = zipfile.ZipFile(path)
+    for info in zf.infolist():
+        if "\\" in info.filename:
+            zf.NameToInfo.pop(info.filename, None)
+            info.filename = info.filename.replace("\\", "/")
+            zf.NameToInfo[info.filename] = info
+    return zf
+
+
 def worksheet_names(path: Path, fmt: str) -> list[str]:
     """The workbook's worksheets (chart sheets excluded), in workbook order."""
     import python_calamine
@@ -397,7 +415,7 @@ def xls_number_formats(path: Path, name: str) -> Iterator[list[str | None]] | No
 def _xlsx_extent(path: Path, name: str) -> tuple[bool, int, int]:
     """(saved as Strict Open XML, rows, columns) of a sheet's used rectangle, from its XML."""
     try:
-        with zipfile.ZipFile(path) as package:
+        with open_zip(path) as package:
             strict, part = _sheet_part(package, name)
             if part is None:
                 return strict, MAX_ROWS, MAX_COLUMNS  # unknown: do not trust it to calamine

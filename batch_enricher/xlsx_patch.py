@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import IO, Final, cast
 
 from batch_enricher.errors import InputError, OutputError
+from batch_enricher.sheets import open_zip
 from batch_enricher.writer import (
     _WIDTH_SAMPLE_ROWS,
     Cell,
@@ -316,7 +317,7 @@ class _Patcher:
         self._sheet_in: IO[bytes] | None = None
         self._spool: DeflateSpool | None = None
         try:
-            self._zin: zipfile.ZipFile | None = zipfile.ZipFile(src)
+            self._zin: zipfile.ZipFile | None = open_zip(src)
         except OSError as exc:
             raise InputError(f"cannot read {src}: {exc.strerror or exc}") from exc
         except zipfile.BadZipFile:

@@ -42,6 +42,7 @@ from batch_enricher.shared_strings import SharedStrings
 from batch_enricher.sheets import (
     Cell,
     broken,
+    open_zip,
     sheet_rel_id,
     trimmed,
     whole,
@@ -106,7 +107,7 @@ class _Damaged(Exception):
 def stream_rows(path: Path, name: str) -> Generator[list[Cell], None, None]:
     """Every row of sheet `name` from row 1 (empty rows as []), trailing empty cells dropped."""
     try:
-        package = zipfile.ZipFile(path)
+        package = open_zip(path)
     except (OSError, zipfile.BadZipFile, EOFError):
         raise broken(path, "xlsx") from None
     try:

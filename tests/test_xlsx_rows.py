@@ -471,3 +471,21 @@ def test_enrich_gives_the_same_file_whichever_reader_reads_the_sheet(
         name = sheets.worksheet_names(src, "xlsx")[0]
         assert _values(a, name) == _values(b, name)
         assert len(_values(a, name)) > 40
+
+
+def test_a_package_whose_entry_names_use_backslashes_is_read_and_written_back_well_formed(
+    tmp_path: Path, run: Callable[..., Result]
+) -> None:
+    # Some exporters (Chinese HR and attendance systems among them) write xl\workbook.xml.
+    odd = tmp_path / "odd.xlsx"
+    with zipfile.ZipFile(SAMPLE) as src, zipfile.ZipFile(odd, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename.replace("/", "\\"), src.read(info))
+    assert run("enrich", str(SAMPLE), "--sandbox", "-o", str(tmp_path / "a.xlsx")).exit_code == 0
+    done = run("enrich", str(odd), "--sandbox", "-o", str(tmp_path / "b.xlsx"))
+    assert done.exit_code == 0, done.output
+    with zipfile.ZipFile(tmp_path / "b.xlsx") as written:
+        assert not [n for n in written.namelist() if "\\" in n]
+        assert written.testzip() is None
+    assert _values(tmp_path / "b.xlsx", "客户") == _values(tmp_path / "a.xlsx", "客户")
+    assert list(open_source(odd).rows()) == list(open_source(SAMPLE).rows())
