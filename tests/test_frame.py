@@ -9,10 +9,11 @@ import _thread
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,21 @@ def test_a_keyboard_interrupt_in_the_run_keeps_every_paid_answer(
     assert max(server.stats.billed_by_identity.values()) == 1
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal.
+
+    A suite run as a background job inherits SIGINT ignored, and `_thread.interrupt_main()`
+    then does nothing at all.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_in_the_callers_thread_finishes_the_calls_in_flight(
     sandbox: Callable[..., Served], state: Path
 ) -> None:
@@ -316,6 +332,7 @@ def test_enrich_files_returns_the_run_summary(
     assert (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_ctrl_c_during_enrich_files_finishes_the_calls_in_flight_and_writes_the_file(
     sandbox: Callable[..., Served], state: Path, tmp_path: Path
 ) -> None:
