@@ -1,6 +1,6 @@
 """Benchmark of the XLSX round trip (issue 11): `enrich` of a big workbook against pandas.
 
-Run `python bench/xlsx.py [--rows 100000] [--repeat 3]`. It generates an `--rows`-row,
+Run `python bench/xlsx.py [--rows 100000] [--repeat 3]` (`--targets`: issue 13's (e) and (g)). It generates an `--rows`-row,
 10-column workbook the way Excel saves one (shared strings, a date format; XlsxWriter) whose
 rows are `--distinct` fictional people (default: every row a different one), then measures
 each of these as a child process, alone (`os.wait4`: its own CPU and peak RSS):
@@ -190,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--distinct", type=int, default=0, help="people (default: --rows)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--modes", default=DEFAULT_MODES, help="comma-separated runs to measure")
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="issue 13's (e) and (g): --rows and 3 x --rows, all modes, with verdicts",
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -201,21 +206,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             _child_patch(Path(src), Path(out), int(rest[0]), read=mode == "read+patch")
         return
+    if args.targets:
+        _targets(args.rows, args.repeat)
+        return
     distinct = args.distinct or args.rows
+    src, figures = measure_size(args.rows, distinct, args.repeat, args.modes.split(","))
+    _report(args.rows, distinct, src, figures)
+
+
+def measure_size(
+    rows: int, distinct: int, repeat: int, modes: list[str]
+) -> tuple[Path, dict[str, list[tuple[float, Child]]]]:
+    """Generate (once) the `rows`-row workbook, fill its journal (once), measure each mode."""
     WORK.mkdir(exist_ok=True)
-    src = WORK / f"xlsx_{args.rows}_{distinct}.xlsx"
+    src = WORK / f"xlsx_{rows}_{distinct}.xlsx"
     if not src.exists():
         # In a child: a forked child starts with its parent's peak RSS on Linux (it survives
         # exec), so the parent stays small for the measured children.
         started = time.perf_counter()
         run_child(
-            [sys.executable, __file__, "--child", "generate", str(src), "-", str(args.rows),
+            [sys.executable, __file__, "--child", "generate", str(src), "-", str(rows),
              str(distinct)]
         )  # fmt: skip
         print(f"generated {src.name} ({src.stat().st_size / 1e6:.1f} MB) in "
               f"{time.perf_counter() - started:.1f} s")  # fmt: skip
-    modes = args.modes.split(",")
-    state = WORK / f"xlsx_{args.rows}_{distinct}.journal.sqlite3"
+    state = WORK / f"xlsx_{rows}_{distinct}.journal.sqlite3"
     if "enrich" in modes and not state.exists():
         warm = run_child(
             _enrich_argv(src, WORK / "xlsx_warm.xlsx", state, "--qps", "100000",
@@ -225,10 +240,43 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"journal filled ({_api_calls(WORK / 'xlsx_warm.xlsx'):,} calls) in {warm.wall:.1f} s"
         )
     figures: dict[str, list[tuple[float, Child]]] = {}
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         for mode in modes:
-            figures.setdefault(mode, []).append(measure(mode, src, state, args.rows))
-    _report(args.rows, distinct, src, figures)
+            figures.setdefault(mode, []).append(measure(mode, src, state, rows))
+    return src, figures
+
+
+def _targets(rows: int, repeat: int) -> None:
+    """Issue 13's (e) and (g): `rows` and 3 x `rows`, every row a different person."""
+    modes = DEFAULT_MODES.split(",")
+    small_src, small = measure_size(rows, rows, repeat, modes)
+    _report(rows, rows, small_src, small)
+    big_src, big = measure_size(3 * rows, 3 * rows, repeat, modes)
+    _report(3 * rows, 3 * rows, big_src, big)
+
+    def median(runs: list[tuple[float, Child]]) -> float:
+        return statistics.median(s for s, _ in runs)
+
+    def peak(runs: list[tuple[float, Child]]) -> float:
+        return max(c.rss_mb for _, c in runs)
+
+    versus = median(small["enrich"]) / median(small["pandas+xlsxwriter"])
+    growth = median(big["enrich"]) / median(small["enrich"])
+    rss_ratio = peak(big["enrich"]) / peak(small["enrich"])
+    checks = [
+        ("(e)", f"{rows:,} rows: enrich / pandas calamine+xlsxwriter", f"{versus:.2f}x",
+         "<= 1.0x", versus <= 1.0),
+        ("(e)", f"{rows:,} rows: enrich peak RSS", f"{peak(small['enrich']):.0f} MB",
+         "<= 150 MB", peak(small["enrich"]) <= 150),
+        ("(e)", f"{3 * rows:,} / {rows:,} rows: enrich time", f"{growth:.2f}x", "<= 3.2x",
+         growth <= 3.2),
+        ("(g)", f"{3 * rows:,} / {rows:,} rows: enrich peak RSS", f"{rss_ratio:.2f}x",
+         "<= 1.1x", rss_ratio <= 1.1),
+    ]  # fmt: skip
+    print("\n| part | figure | value | target | |")
+    print("|---|---|---|---|---|")
+    for part, figure, value, target, met in checks:
+        print(f"| {part} | {figure} | {value} | {target} | {'met' if met else '**not met**'} |")
 
 
 def _report(
