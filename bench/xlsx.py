@@ -1,7 +1,8 @@
 """Benchmark of the XLSX round trip (issue 11): `enrich` of a big workbook against pandas.
 
-Run `python bench/xlsx.py [--rows 100000] [--repeat 3]` (`--targets`: issue 13's (e) and (g)). It generates an `--rows`-row,
-10-column workbook the way Excel saves one (shared strings, a date format; XlsxWriter) whose
+Run `python bench/xlsx.py [--rows 100000] [--repeat 3]` (with `--targets`: issue 13's (e) and
+(g), at `--rows` and 3 x `--rows`, with verdicts). It generates an `--rows`-row, 10-column
+workbook the way Excel saves one (shared strings, a date format; XlsxWriter) whose
 rows are `--distinct` fictional people (default: every row a different one), then measures
 each of these as a child process, alone (`os.wait4`: its own CPU and peak RSS):
 
