@@ -41,7 +41,7 @@ import re
 import stat
 import tempfile
 import unicodedata
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -186,7 +186,7 @@ def open_writer(
             os.close(fd)
         temp.remove()
         raise
-    with _aborting_on_error(writer):
+    with on_error(writer.abort):
         for row in preamble:
             writer.write_row(row)
         writer.write_row(headers)
@@ -867,11 +867,12 @@ def _lock_new(fd: int, path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _aborting_on_error(writer: Writer) -> Iterator[None]:
+def on_error(action: Callable[[], None]) -> Iterator[None]:
+    """Run `action` (an abort, a close) if the block raises, then re-raise."""
     try:
         yield
     except BaseException:
-        writer.abort()
+        action()
         raise
 
 

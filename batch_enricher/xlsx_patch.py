@@ -47,6 +47,7 @@ from batch_enricher.writer import (
     _column_widths,
     _create_temp,
     _TempFile,
+    on_error,
 )
 from batch_enricher.xlsx_cells import CellRenderer, add_styles
 from batch_enricher.xlsx_package import (
@@ -120,7 +121,7 @@ def patch_workbook(
             status_column=status_column,
             macro_enabled=macro_enabled,
         )
-        with _closing_on_error(patcher):
+        with on_error(patcher.close):
             for row, cells in results:
                 patcher.add(row, cells)
             patcher.finish(summary)
@@ -157,7 +158,7 @@ def check_workbook(
             status_column=0,
             macro_enabled=macro_enabled,
         )
-        with _closing_on_error(patcher):
+        with on_error(patcher.close):
             patcher.finish(SummarySheet("Summary", [("rows", 0)], []))
     except InputError as exc:
         message = str(exc)
@@ -507,12 +508,3 @@ def _with_workbook_type(content_types: bytes, macro_enabled: bool | None) -> byt
         return content_types
     plain, macro = (t.encode() for t in _WORKBOOK_TYPES)
     return content_types.replace(*((plain, macro) if macro_enabled else (macro, plain)))
-
-
-@contextlib.contextmanager
-def _closing_on_error(patcher: _Patcher) -> Iterator[None]:
-    try:
-        yield
-    except BaseException:
-        patcher.close()
-        raise

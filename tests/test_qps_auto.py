@@ -19,15 +19,9 @@ Run = Callable[..., Result]
 QUICK_RETRIES = ("--retry-initial", "0.005", "--retry-max", "0.05")
 
 
-def test_auto_finds_the_sandbox_limit_and_reports_it(
-    tmp_path: Path, sandbox: Callable[..., Served], run: Run
-) -> None:
-    server = sandbox(qps_limit=4)
-    people = [person(i) for i in range(16)]
-    src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
-    summary = tmp_path / "summary.json"
-
-    result = run(
+def _enrich(run: Run, server: Served, src: Path, tmp_path: Path, *extra: str) -> Result:
+    """`enrich src` against `server`, to tmp_path/out.csv and tmp_path/summary.json."""
+    return run(
         "enrich",
         str(src),
         "-o",
@@ -36,12 +30,21 @@ def test_auto_finds_the_sandbox_limit_and_reports_it(
         "k",
         "--endpoint",
         server.url,
-        "--qps",
-        "auto",
         "--summary-json",
-        str(summary),
-        *QUICK_RETRIES,
+        str(tmp_path / "summary.json"),
+        *extra,
     )
+
+
+def test_auto_finds_the_sandbox_limit_and_reports_it(
+    tmp_path: Path, sandbox: Callable[..., Served], run: Run
+) -> None:
+    server = sandbox(qps_limit=4)
+    people = [person(i) for i in range(16)]
+    src = write_csv(tmp_path / "in.csv", [list(p) for p in people])
+    summary = tmp_path / "summary.json"
+
+    result = _enrich(run, server, src, tmp_path, "--qps", "auto", *QUICK_RETRIES)
 
     assert result.exit_code == 0, result.output
     assert "--qps auto:" in result.output
@@ -60,22 +63,7 @@ def test_auto_never_exceeds_max_qps(
     src = write_csv(tmp_path / "in.csv", [list(person(i)) for i in range(8)])
     summary = tmp_path / "summary.json"
 
-    result = run(
-        "enrich",
-        str(src),
-        "-o",
-        str(tmp_path / "out.csv"),
-        "--key",
-        "k",
-        "--endpoint",
-        server.url,
-        "--qps",
-        "AUTO",
-        "--max-qps",
-        "3",
-        "--summary-json",
-        str(summary),
-    )
+    result = _enrich(run, server, src, tmp_path, "--qps", "AUTO", "--max-qps", "3")
 
     assert result.exit_code == 0, result.output
     assert server.stats.max_per_second() <= 3
