@@ -605,14 +605,19 @@ def _with_macros(path: Path) -> Path:
     return path
 
 
-def test_xlsm_keeps_its_macros(tmp_path: Path) -> None:
-    src = _with_macros(_fixture(tmp_path / "in.xlsm"))
-    target = tmp_path / "out.xlsm"
+def _patch_one(src: Path, target: Path) -> None:
+    """Patch `src` into `target` with one result ("ok" in row 3, column I)."""
     with open_patch_writer(
         target, src, sheet=SHEET, header_row=2, first_col=9, headers=RESULT_HEADERS
     ) as writer:
         writer.write_result(3, ["ok"])
         writer.commit(SUMMARY)
+
+
+def test_xlsm_keeps_its_macros(tmp_path: Path) -> None:
+    src = _with_macros(_fixture(tmp_path / "in.xlsm"))
+    target = tmp_path / "out.xlsm"
+    _patch_one(src, target)
     before, after = _parts(src), _parts(target)
     assert after["xl/vbaProject.bin"] == before["xl/vbaProject.bin"]
     assert b"macroEnabled.main+xml" in after["[Content_Types].xml"]
@@ -623,11 +628,7 @@ def test_xlsm_keeps_its_macros(tmp_path: Path) -> None:
 def test_xlsm_written_as_xlsx_drops_the_macros(tmp_path: Path) -> None:
     src = _with_macros(_fixture(tmp_path / "in.xlsm"))
     target = tmp_path / "out.xlsx"
-    with open_patch_writer(
-        target, src, sheet=SHEET, header_row=2, first_col=9, headers=RESULT_HEADERS
-    ) as writer:
-        writer.write_result(3, ["ok"])
-        writer.commit(SUMMARY)
+    _patch_one(src, target)
     after = _parts(target)
     assert "xl/vbaProject.bin" not in after
     assert b"vbaProject" not in after["xl/_rels/workbook.xml.rels"]
