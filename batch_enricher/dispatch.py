@@ -95,6 +95,10 @@ async def dispatch(
             )
             in_flight = 0
             unkept: list[Answer] = []  # answers received that the journal could not store
+            # Workers storing an answer: not cancelled on an error, so each learns whether its
+            # answer was kept (a commit that failed fails every answer it held, and a worker
+            # cancelled first would never count its own among those lost).
+            recording: set[asyncio.Task[None] | None] = set()
 
             async def worker() -> None:
                 nonlocal in_flight
@@ -116,11 +120,15 @@ async def dispatch(
                         continue
                     finally:
                         in_flight -= 1
+                    me = asyncio.current_task()
+                    recording.add(me)
                     try:
                         await session.record(key_, answer)
                     except JournalError:
                         unkept.append(answer)
                         raise
+                    finally:
+                        recording.discard(me)
                     spill.answered(key_)
                     progress.advance(rows, answer.status, billed=answer.status is Status.OK)
 
@@ -134,7 +142,8 @@ async def dispatch(
                 control.stop("stopped by an error")
                 abandoned = in_flight
                 for task in workers:
-                    task.cancel()
+                    if task not in recording:
+                        task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
                 if isinstance(exc, JournalError) and unkept:
                     raise _journal_failed(exc, unkept, abandoned) from exc
